@@ -1,0 +1,10 @@
+"""clutils: small, tested building blocks for the continual-learning book."""
+from .book import choose_profile, glue
+from .data import Dataset, Stream, Task, disjoint, load_dataset, make_stream, permuted, split
+from .metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, intransigence, summary
+from .models import MLP
+from .results import RunResult
+from .strategies import Compose, FreezeFeatures, Joint, Naive, Strategy
+from .training import NonFiniteLossError, TrainConfig, evaluate, resolve_device, seed_everything, train_stream
+
+__version__ = "0.1.0"

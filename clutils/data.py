@@ -1,0 +1,277 @@
+"""Datasets held in memory as tensors, and the task streams built from them.
+
+Datasets: ``mnist`` and ``fashion_mnist`` (through torchvision) and ``digits``
+(scikit-learn's embedded 8x8 handwritten digits; offline, for quick runs).
+
+Streams: ``permuted`` (each task a fixed pixel permutation), ``split`` (consecutive
+classes per task) and ``disjoint`` (any groups of classes), each in one of the
+three scenarios of van de Ven & Tolias (2019):
+
+* ``task``   -- task-incremental: task id known at test time, one head per task,
+  labels renumbered inside each task;
+* ``domain`` -- domain-incremental: one shared head, labels renumbered inside
+  each task, task id not given;
+* ``class``  -- class-incremental: one shared head over every class seen so far,
+  no task id; the model must tell all classes apart.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DATASETS", "SCENARIOS", "STREAMS", "Dataset", "Task", "Stream", "data_root",
+    "load_dataset", "permuted", "split", "disjoint", "make_stream",
+]
+
+DATASETS = ("mnist", "fashion_mnist", "digits")
+SCENARIOS = ("task", "domain", "class")
+STREAMS = ("permuted", "split", "disjoint")
+ENV_VAR = "CLUTILS_DATA"
+
+
+@dataclass
+class Dataset:
+    """A labelled image dataset as flat float tensors in [0, 1]."""
+
+    name: str
+    x_train: Tensor  # (N, D) float32
+    y_train: Tensor  # (N,) int64
+    x_test: Tensor
+    y_test: Tensor
+    image_shape: tuple[int, int]
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(int(c) for c in torch.unique(self.y_train))
+
+    def to(self, device: str | torch.device) -> "Dataset":
+        return Dataset(self.name, self.x_train.to(device), self.y_train.to(device),
+                       self.x_test.to(device), self.y_test.to(device), self.image_shape)
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Where datasets live: ``root`` if given, else ``$CLUTILS_DATA``, else ``~/.cache/clutils``."""
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clutils"
+
+
+def _check_name(name: str, allowed: Sequence[str], what: str) -> str:
+    key = name.lower().replace("-", "_")
+    if key not in allowed:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(allowed)}.")
+    return key
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cpu(name: str, root: str) -> Dataset:
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+        y = torch.tensor(d.target, dtype=torch.int64)
+        # fixed stratified-by-chance split: 1/4 of the images for testing
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+        n_test = len(y) // 4
+        te, tr = perm[:n_test], perm[n_test:]
+        return Dataset("digits", x[tr], y[tr], x[te], y[te], (8, 8))
+
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    parts = []
+    for train in (True, False):
+        try:
+            ds = cls(root=root, train=train, download=False)
+        except RuntimeError:
+            try:
+                ds = cls(root=root, train=train, download=True)
+            except Exception as err:  # no network, blocked host, ...
+                raise FileNotFoundError(
+                    f"{name} is not under {root}/{cls.__name__}/raw and could not be downloaded "
+                    f"({type(err).__name__}: {err}). Point clutils at a folder that holds it "
+                    f"(load_dataset({name!r}, root=...) or the {ENV_VAR} environment variable), "
+                    f"connect to the network, or use the offline dataset 'digits'."
+                ) from None
+        x = ds.data.reshape(len(ds.data), -1).to(torch.float32) / 255.0
+        parts += [x, ds.targets.to(torch.int64)]
+    return Dataset(name, *parts, image_shape=(28, 28))
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Dataset:
+    """Load ``mnist``, ``fashion_mnist`` or ``digits`` once into float tensors on ``device``.
+
+    The data root is ``root``, else ``$CLUTILS_DATA``, else ``~/.cache/clutils``;
+    torchvision downloads MNIST there when it is missing and the network allows.
+    """
+    key = _check_name(name, DATASETS, "dataset")
+    return _load_cpu(key, str(data_root(root))).to(device)
+
+
+@dataclass
+class Task:
+    """One task of a stream.  ``y_*`` are the targets as the model sees them."""
+
+    id: int
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    classes: tuple[int, ...]  # original dataset classes in this task
+
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+
+@dataclass
+class Stream:
+    """A sequence of tasks in one scenario, with what a model needs to know about it."""
+
+    name: str
+    scenario: str
+    tasks: list[Task]
+    n_features: int
+    n_outputs: int  # outputs of each head
+    n_heads: int
+    description: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self):
+        return iter(self.tasks)
+
+    def __getitem__(self, i: int) -> Task:
+        return self.tasks[i]
+
+    def head_of(self, task: int) -> int:
+        """Which head answers for ``task`` (its own in task-incremental, else 0)."""
+        return task if self.scenario == "task" else 0
+
+    def active_outputs(self, task: int) -> int:
+        """Outputs in play after training ``task``: all classes seen so far (class-incremental)."""
+        if self.scenario != "class":
+            return self.n_outputs
+        return sum(len(set(t.y_train.unique().tolist())) for t in self.tasks[: task + 1])
+
+    def to(self, device: str | torch.device) -> "Stream":
+        tasks = [Task(t.id, t.name, t.x_train.to(device), t.y_train.to(device), t.x_test.to(device),
+                      t.y_test.to(device), t.classes) for t in self.tasks]
+        return Stream(self.name, self.scenario, tasks, self.n_features, self.n_outputs, self.n_heads, dict(self.description))
+
+
+def _relabel(y: Tensor, classes: Sequence[int], offset: int) -> Tensor:
+    lut = torch.full((int(max(classes)) + 1,), -1, dtype=torch.int64, device=y.device)
+    lut[torch.tensor(list(classes), device=y.device)] = torch.arange(len(classes), device=y.device) + offset
+    return lut[y]
+
+
+def _class_stream(ds: Dataset, groups: Sequence[Sequence[int]], scenario: str, name: str) -> Stream:
+    scenario = _check_name(scenario, SCENARIOS, "scenario")
+    if len(groups) == 0:
+        raise ValueError("a stream needs at least one task; got zero class groups.")
+    known = set(ds.classes)
+    seen: set[int] = set()
+    for g in groups:
+        if len(g) == 0:
+            raise ValueError(f"empty class group in {list(map(list, groups))}; every task needs a class.")
+        bad = [c for c in g if c not in known]
+        if bad:
+            raise ValueError(f"classes {bad} do not exist in {ds.name} (its classes are {sorted(known)}).")
+        dup = seen.intersection(g)
+        if dup:
+            raise ValueError(f"classes {sorted(dup)} appear in more than one task; groups must be disjoint.")
+        seen.update(g)
+    tasks, offset = [], 0
+    for t, g in enumerate(groups):
+        g = tuple(int(c) for c in g)
+        cls_t = torch.tensor(g, device=ds.y_train.device)
+        tr = torch.isin(ds.y_train, cls_t)
+        te = torch.isin(ds.y_test, cls_t)
+        off = offset if scenario == "class" else 0
+        tasks.append(Task(t, "{" + ",".join(map(str, g)) + "}", ds.x_train[tr], _relabel(ds.y_train[tr], g, off),
+                          ds.x_test[te], _relabel(ds.y_test[te], g, off), g))
+        offset += len(g)
+    n_out = offset if scenario == "class" else max(len(g) for g in groups)
+    return Stream(name, scenario, tasks, ds.n_features, n_out, len(groups) if scenario == "task" else 1,
+                  {"stream": name, "dataset": ds.name, "groups": [list(map(int, g)) for g in groups],
+                   "scenario": scenario})
+
+
+def split(ds: Dataset, classes_per_task: int = 2, scenario: str = "task",
+          order: Sequence[int] | None = None) -> Stream:
+    """Split a dataset into tasks of ``classes_per_task`` consecutive classes of ``order``."""
+    order = list(ds.classes if order is None else order)
+    if classes_per_task < 1 or len(order) % classes_per_task:
+        raise ValueError(f"cannot split {len(order)} classes into tasks of {classes_per_task}; "
+                         f"choose a divisor of {len(order)}.")
+    groups = [order[i:i + classes_per_task] for i in range(0, len(order), classes_per_task)]
+    return _class_stream(ds, groups, scenario, "split")
+
+
+def disjoint(ds: Dataset, groups: Sequence[Sequence[int]], scenario: str = "class") -> Stream:
+    """Tasks made of arbitrary disjoint class groups, e.g. ``[[0,1,2],[4,5,6],[7,8,9]]``."""
+    return _class_stream(ds, groups, scenario, "disjoint")
+
+
+def permutations(n_tasks: int, n_features: int, seed: int = 0, first_unpermuted: bool = False) -> list[Tensor]:
+    """``n_tasks`` seeded pixel permutations (the first the identity if asked)."""
+    g = torch.Generator().manual_seed(seed)
+    perms = [torch.randperm(n_features, generator=g) for _ in range(n_tasks)]
+    if first_unpermuted and n_tasks:
+        perms[0] = torch.arange(n_features)
+    return perms
+
+
+def permuted(ds: Dataset, n_tasks: int = 10, seed: int = 0, first_unpermuted: bool = False,
+             scenario: str = "domain") -> Stream:
+    """Permuted-pixel tasks: task t sees every image with its pixels shuffled by permutation t."""
+    scenario = _check_name(scenario, SCENARIOS, "scenario")
+    if n_tasks < 1:
+        raise ValueError(f"a stream needs at least one task; got n_tasks={n_tasks}.")
+    n_cls = len(ds.classes)
+    tasks = []
+    for t, p in enumerate(permutations(n_tasks, ds.n_features, seed, first_unpermuted)):
+        p = p.to(ds.x_train.device)
+        off = t * n_cls if scenario == "class" else 0
+        tasks.append(Task(t, f"perm{t}", ds.x_train[:, p], ds.y_train + off, ds.x_test[:, p], ds.y_test + off,
+                          tuple(ds.classes)))
+    n_out = n_cls * n_tasks if scenario == "class" else n_cls
+    return Stream("permuted", scenario, tasks, ds.n_features, n_out, n_tasks if scenario == "task" else 1,
+                  {"stream": "permuted", "dataset": ds.name, "n_tasks": n_tasks, "seed": seed,
+                   "first_unpermuted": first_unpermuted, "scenario": scenario})
+
+
+def make_stream(kind: str, dataset: str | Dataset = "mnist", *, scenario: str | None = None,
+                root: str | os.PathLike | None = None, device: str | torch.device = "cpu", **kwargs) -> Stream:
+    """Build a stream by name: ``make_stream("split", "mnist", scenario="class")``.
+
+    ``kwargs`` go to :func:`permuted`, :func:`split` or :func:`disjoint`.  Names are
+    checked before any data is loaded.
+    """
+    kind = _check_name(kind, STREAMS, "stream")
+    if scenario is not None:
+        kwargs["scenario"] = _check_name(scenario, SCENARIOS, "scenario")
+    if kind == "permuted" and kwargs.get("n_tasks", 10) < 1:
+        raise ValueError(f"a stream needs at least one task; got n_tasks={kwargs['n_tasks']}.")
+    if kind == "disjoint" and not kwargs.get("groups"):
+        raise ValueError("a disjoint stream needs groups=[[...], [...]] of classes, one list per task.")
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, root=root, device=device)
+    ds = ds.to(device)
+    return {"permuted": permuted, "split": split, "disjoint": disjoint}[kind](ds, **kwargs)

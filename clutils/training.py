@@ -1,0 +1,239 @@
+"""Sequential training of a stream, task by task, with a pluggable strategy.
+
+Batches are drawn by index from tensors already on the device (no DataLoader),
+the optimiser is rebuilt for each task over the parameters that task trains,
+and after every task the model is evaluated on every task's test set, filling
+the accuracy matrix ``R[i, j]``.  Runs can checkpoint after each task and resume
+to exactly the same result (see :mod:`clutils.checkpoint`).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoint import Checkpointer
+from .data import Stream
+from .results import RunResult
+from .strategies import Strategy
+
+__all__ = ["TrainConfig", "resolve_device", "seed_everything", "evaluate", "train_stream", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for but CUDA is not available; use device='auto' or 'cpu'.")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators (model initialisation uses these)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainConfig:
+    """How each task is trained.  ``epochs`` may be one number or one per task."""
+
+    epochs: int | Sequence[int] = 1
+    batch_size: int = 128
+    lr: float = 0.01
+    optimizer: str = "sgd"  # "sgd" or "adam"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    eval_every_epoch: bool = False  # record accuracy on all tasks after every epoch (curves)
+    eval_batch_size: int = 10_000
+
+    def epochs_for(self, t: int) -> int:
+        if isinstance(self.epochs, int):
+            return self.epochs
+        return int(self.epochs[t])
+
+    def validate(self, n_tasks: int) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'.")
+        if not isinstance(self.epochs, int) and len(self.epochs) != n_tasks:
+            raise ValueError(f"epochs lists {len(self.epochs)} values for {n_tasks} tasks; give one per task or a single int.")
+        eps = [self.epochs_for(t) for t in range(n_tasks)]
+        if any(e < 0 for e in eps):
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}.")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["epochs"] = self.epochs if isinstance(self.epochs, int) else list(self.epochs)
+        return d
+
+
+def _check_model_fits(model: nn.Module, stream: Stream) -> None:
+    if len(stream) == 0:
+        raise ValueError("the stream has no tasks.")
+    n_heads = getattr(model, "n_heads", 1)
+    if n_heads != stream.n_heads:
+        raise ValueError(
+            f"the model has {n_heads} head(s) but the {stream.scenario}-incremental stream needs {stream.n_heads} "
+            f"({'one per task' if stream.scenario == 'task' else 'one shared head'}); build it with "
+            f"MLP(..., out_features={stream.n_outputs}, n_heads={stream.n_heads}).")
+    out = getattr(model, "out_features", stream.n_outputs)
+    if out < stream.n_outputs:
+        raise ValueError(f"the model's heads have {out} outputs but the stream needs {stream.n_outputs}.")
+    n_in = getattr(model, "in_features", stream.n_features)
+    if n_in != stream.n_features:
+        raise ValueError(f"the model takes {n_in} input features but the stream's images have {stream.n_features}.")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, stream: Stream, after_task: int, batch_size: int = 10_000) -> list[float]:
+    """Accuracy on every task's test set, with the outputs in play after ``after_task``."""
+    was_training = model.training
+    model.eval()
+    n_active = stream.active_outputs(after_task)
+    accs = []
+    for task in stream:
+        correct = torch.zeros((), device=task.y_test.device, dtype=torch.int64)
+        for i in range(0, len(task.y_test), batch_size):
+            logits = model(task.x_test[i:i + batch_size], stream.head_of(task.id))[:, :n_active]
+            correct += (logits.argmax(1) == task.y_test[i:i + batch_size]).sum()
+        accs.append(correct)
+    model.train(was_training)
+    counts = torch.tensor([len(t.y_test) for t in stream], dtype=torch.float64)
+    return (torch.stack(accs).double().cpu() / counts).tolist()
+
+
+def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _trainable(model: nn.Module, stream: Stream, heads: int | Tensor) -> list[nn.Parameter]:
+    """Shared layers plus the head(s) this task trains; other tasks' heads stay untouched."""
+    if getattr(model, "n_heads", 1) > 1:
+        used = heads.unique().tolist() if isinstance(heads, Tensor) else [heads]
+        params = list(model.shared_parameters()) + [p for h in used for p in model.head_parameters(h)]
+    else:
+        params = list(model.parameters())
+    return [p for p in params if p.requires_grad]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.std import tqdm  # plain-text bar: renders in notebooks without widget JavaScript
+
+    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stdout, ascii=True,
+                mininterval=1.0, dynamic_ncols=False, ncols=90)
+
+
+def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = None, cfg: TrainConfig | None = None,
+                 *, device: str | torch.device = "auto", checkpoint_dir: str | Path | None = None,
+                 progress: bool = True, stop_after_task: int | None = None) -> RunResult:
+    """Train ``model`` on ``stream`` task by task and return the accuracy matrix and timings.
+
+    ``checkpoint_dir``: save after every task and resume from there if the same
+    configuration was interrupted.  ``stop_after_task`` ends the run early (as a
+    kill would), leaving the checkpoint behind.
+    """
+    strategy = strategy or Strategy()
+    cfg = cfg or TrainConfig()
+    cfg.validate(len(stream))
+    _check_model_fits(model, stream)
+    dev = resolve_device(device)
+    model.to(dev)
+    if stream[0].x_train.device != dev:
+        stream = stream.to(dev)
+
+    T = len(stream)
+    config = {"stream": stream.description, "model": repr(model), "strategy": strategy.config(),
+              "train": cfg.to_dict()}
+    ckpt = Checkpointer(checkpoint_dir, config) if checkpoint_dir is not None else None
+    acc: list[list[float]] = []
+    curves: list[dict] = []
+    timings = {"train_s": [], "eval_s": []}
+    start = 0
+    if ckpt is not None:
+        state = ckpt.load()
+        if state is not None:
+            model.load_state_dict(state["model"])
+            strategy.load_state_dict(state["strategy"])
+            for p, flag in zip(model.parameters(), state["requires_grad"]):
+                p.requires_grad_(flag)
+            acc, curves, timings = state["acc"], state["curves"], state["timings"]
+            start = state["task"] + 1
+
+    total_epochs = sum(cfg.epochs_for(t) for t in range(start, T))
+    bar = _progress(total_epochs, f"{strategy.name} on {stream.name}", progress)
+    for t in range(start, T):
+        x, y, heads = strategy.train_data(stream, t)
+        strategy.before_task(model, stream, t)
+        params = _trainable(model, stream, heads)
+        opt = _make_optimizer(cfg, params) if params else None
+        n_active = stream.active_outputs(t)
+        n = len(y)
+        t0 = time.perf_counter()
+        model.train()
+        for epoch in range(cfg.epochs_for(t)):
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + t * 1_009 + epoch)
+            order = torch.randperm(n, generator=g).to(dev)
+            loss_sum = torch.zeros((), device=dev)
+            if opt is not None:
+                for i in range(0, n, cfg.batch_size):
+                    idx = order[i:i + cfg.batch_size]
+                    hb = heads[idx] if isinstance(heads, Tensor) else heads
+                    logits, hidden = model(x[idx], hb, return_hidden=True)
+                    loss = F.cross_entropy(logits[:, :n_active], y[idx])
+                    extra = strategy.penalty(model, t, hidden)
+                    if extra is not None:
+                        loss = loss + extra
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    loss_sum += loss.detach()
+            if not torch.isfinite(loss_sum):
+                raise NonFiniteLossError(
+                    f"the training loss became {loss_sum.item()} in task {t} ({stream[t].name}), epoch {epoch}: "
+                    f"the learning rate ({cfg.lr}) or a regularisation strength (lambda) is probably too large. "
+                    f"Lower it and run again.")
+            if cfg.eval_every_epoch:
+                curves.append({"task": t, "epoch": epoch, "acc": evaluate(model, stream, t, cfg.eval_batch_size)})
+            bar.update(1)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        timings["train_s"].append(time.perf_counter() - t0)
+        strategy.after_task(model, stream, t)
+        t1 = time.perf_counter()
+        acc.append(evaluate(model, stream, t, cfg.eval_batch_size))
+        timings["eval_s"].append(time.perf_counter() - t1)
+        if ckpt is not None:
+            ckpt.save({"task": t, "model": model.state_dict(), "strategy": strategy.state_dict(),
+                       "requires_grad": [p.requires_grad for p in model.parameters()],
+                       "acc": acc, "curves": curves, "timings": timings})
+        if stop_after_task is not None and t >= stop_after_task and t < T - 1:
+            break
+    bar.close()
+    timings["total_s"] = float(sum(timings["train_s"]) + sum(timings["eval_s"]))
+    timings["device"] = str(dev)
+    return RunResult(config=config, acc=acc, timings=timings, curves=curves)
