@@ -1,0 +1,135 @@
+"""The trainer: learns, is reproducible, evaluates correctly, and refuses bad set-ups early."""
+import numpy as np
+import pytest
+import torch
+
+import clutils as cl
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return cl.load_dataset("digits")
+
+
+def _run(stream, strategy=None, seed=0, epochs=3, **kw):
+    cl.seed_everything(seed)
+    model = cl.MLP(stream.n_features, (64,), stream.n_outputs, stream.n_heads)
+    cfg = cl.TrainConfig(epochs=epochs, batch_size=32, lr=0.05, momentum=0.9, seed=seed)
+    return model, cl.train_stream(model, stream, strategy, cfg, device="cpu", progress=False, **kw)
+
+
+def test_single_task_reaches_accuracy_floor(digits):
+    stream = cl.disjoint(digits, [list(range(10))], scenario="domain")
+    _, res = _run(stream, epochs=10)
+    assert res.R.shape == (1, 1)
+    assert res.R[0, 0] >= 0.93  # a 64-unit MLP on 8x8 digits; measured ~0.97
+
+
+def test_same_seed_same_matrix_and_other_seed_differs(digits):
+    stream = cl.permuted(digits, n_tasks=3, seed=0)
+    _, a = _run(stream, seed=1)
+    _, b = _run(stream, seed=1)
+    _, c = _run(stream, seed=2)
+    assert a.acc == b.acc
+    assert a.acc != c.acc
+
+
+def test_evaluate_matches_manual_accuracy(digits):
+    stream = cl.split(digits, 2, scenario="task")
+    model, res = _run(stream, epochs=1)
+    for j, task in enumerate(stream):
+        with torch.no_grad():
+            pred = model(task.x_test, j).argmax(1)
+        assert res.R[-1, j] == pytest.approx((pred == task.y_test).double().mean().item())
+
+
+def test_class_incremental_cannot_answer_unseen_classes(digits):
+    stream = cl.split(digits, 2, scenario="class")
+    _, res = _run(stream, epochs=2)
+    upper = res.R[np.triu_indices(5, k=1)]
+    assert (upper == 0).all()  # after task i, classes of later tasks are not among the active outputs
+    assert res.R[-1, :-1].mean() < 0.3  # and naive fine-tuning forgets almost everything
+
+
+def test_task_incremental_heads_of_other_tasks_are_left_alone(digits):
+    stream = cl.split(digits, 2, scenario="task")
+    cl.seed_everything(0)
+    model = cl.MLP(64, (32,), 2, 5)
+    before = [p.detach().clone() for p in model.head_parameters(3)]
+    head0 = model.head_parameters(0)[0].detach().clone()
+    first_two = cl.Stream(stream.name, "task", stream.tasks[:2], 64, 2, 5)
+    cl.train_stream(model, first_two, cfg=cl.TrainConfig(epochs=1, momentum=0.9), device="cpu", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.head_parameters(3)))  # head of an unseen task
+    assert not torch.equal(head0, model.head_parameters(0)[0].detach())  # while task 0's head did learn
+
+
+def test_joint_upper_bound_beats_naive(digits):
+    stream = cl.permuted(digits, n_tasks=3)
+    _, naive = _run(stream)
+    _, joint = _run(stream, cl.Joint())
+    assert joint.summary()["acc"] > naive.summary()["acc"] + 0.05
+    assert cl.forgetting(joint.R) < 0.05
+
+
+def test_freeze_features_keeps_hidden_layers_bitwise(digits):
+    stream = cl.split(digits, 2, scenario="task")
+    cl.seed_everything(0)
+    model = cl.MLP(64, (32,), 2, 5)
+    cfg = cl.TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    cl.train_stream(model, cl.Stream("s", "task", stream.tasks[:1], 64, 2, 5), cl.FreezeFeatures(), cfg,
+                    device="cpu", progress=False)
+    frozen = [p.detach().clone() for p in model.shared_parameters()]
+    strategy = cl.FreezeFeatures()
+    strategy.after_task(model, stream, 0)
+    cl.train_stream(model, cl.Stream("s", "task", stream.tasks, 64, 2, 5), strategy, cfg, device="cpu", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model.shared_parameters()))
+
+
+def test_mismatched_heads_are_refused_before_training(digits):
+    stream = cl.split(digits, 2, scenario="task")
+    with pytest.raises(ValueError, match=r"1 head\(s\) but the task-incremental stream needs 5"):
+        cl.train_stream(cl.MLP(64, (8,), 2, 1), stream, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="input features"):
+        cl.train_stream(cl.MLP(784, (8,), 2, 5), stream, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="epochs lists 2 values for 5 tasks"):
+        cl.train_stream(cl.MLP(64, (8,), 2, 5), stream, cfg=cl.TrainConfig(epochs=[1, 2]), device="cpu",
+                        progress=False)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        cl.train_stream(cl.MLP(64, (8,), 2, 5), stream, cfg=cl.TrainConfig(optimizer="lbfgs"), device="cpu")
+
+
+def test_diverging_loss_stops_with_task_and_epoch(digits):
+    stream = cl.permuted(digits, n_tasks=2)
+    model = cl.MLP(64, (32,), 10)
+    with pytest.raises(cl.NonFiniteLossError, match=r"task 0 \(perm0\), epoch 0.*learning rate \(1e\+20\)"):
+        cl.train_stream(model, stream, cfg=cl.TrainConfig(epochs=3, lr=1e20, momentum=0.9), device="cpu",
+                        progress=False)
+
+
+def test_run_result_json_round_trip(digits, tmp_path):
+    stream = cl.permuted(digits, n_tasks=2)
+    _, res = _run(stream, epochs=1)
+    path = res.save(tmp_path / "run.json")
+    back = cl.RunResult.load(path)
+    assert back.acc == res.acc and back.config == res.config
+    assert back.timings["train_s"] == res.timings["train_s"]
+
+
+def test_curves_record_every_epoch(digits):
+    stream = cl.permuted(digits, n_tasks=2)
+    model = cl.MLP(64, (32,), 10)
+    cfg = cl.TrainConfig(epochs=2, eval_every_epoch=True, lr=0.05)
+    res = cl.train_stream(model, stream, cfg=cfg, device="cpu", progress=False)
+    assert [(c["task"], c["epoch"]) for c in res.curves] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert res.curves[-1]["acc"] == res.acc[-1]  # last epoch's curve point is the final evaluation
+
+
+def test_mixed_head_forward_equals_per_head():
+    model = cl.MLP(5, (4,), 3, n_heads=3)
+    x = torch.randn(6, 5)
+    heads = torch.tensor([0, 2, 1, 1, 0, 2])
+    mixed = model(x, heads)
+    for i in range(6):
+        assert torch.allclose(mixed[i], model(x[i:i + 1], int(heads[i]))[0])
+    with pytest.raises(IndexError, match="3 head"):
+        model(x, 3)
