@@ -1,0 +1,290 @@
+r"""Selfless Sequential Learning: regularisers on a layer's *activations* (Aljundi et al., ICLR 2019).
+
+Each function takes the post-ReLU activations ``h`` of one layer for a batch,
+an ``M x N`` matrix (M samples, N neurons), and returns a scalar.  The
+co-activation regularisers share one form,
+
+.. math::
+
+    R(H) = \frac{1}{M} \sum_{m=1}^{M} \sum_{i \ne j} W_{ij}\, h_i^m h_j^m
+         = \frac{1}{M} \sum_{i,j} W_{ij} (H^\top H)_{ij},
+
+with a weight matrix ``W`` that has a zero diagonal:
+
+* SNI   (sparse coding through neural inhibition):      ``W_ij = 1``;
+* SLNI  (... *local* neural inhibition):                ``W_ij = exp(-(i-j)^2 / (2 sigma^2))``, ``sigma = N/6``;
+* SNID / SLNID (... with neuron importance discounting): the above times
+  ``exp(-(alpha_i + alpha_j))`` (the paper, ``discount="sum"``) or
+  ``exp(-max(alpha_i, alpha_j))`` (the authors' released code, ``discount="max"``),
+  with ``alpha_i`` the importance of neuron ``i`` for the earlier tasks.
+
+Normalisation, as in the paper and the authors' code: the mean over the M
+samples of the batch (``H^T H / M``), summed over neuron pairs (not divided by
+N), and summed over the regularised layers; the strategy multiplies the sum by
+``lambda_SSL``.  Both discounts equal 1 for unimportant neurons and shrink the
+penalty of pairs that involve an important neuron, so important neurons may keep
+firing together; "sum" discounts a pair of two important neurons more strongly
+(``e^{-a_i} e^{-a_j}`` against ``min(e^{-a_i}, e^{-a_j})``), and the two agree when
+one of the two importances is zero.
+
+The two baselines of the paper: L1-Rep (an L1 penalty on the activations) and
+DeCov (Cogswell et al., 2016), which penalises the *centred* covariance.
+
+:class:`SSL` applies any of them as a :class:`~clutils.strategies.Strategy`;
+compose it with a consolidation penalty: ``Compose(MAS(0.1), SSL("slnid", 1e-3))``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .data import Stream
+from .strategies import Strategy
+
+__all__ = ["METHODS", "DISCOUNTS", "gaussian_neighbourhood", "importance_discount", "coactivation",
+           "sni", "slni", "l1_rep", "decov", "mean_activation", "active_neurons", "SSL"]
+
+METHODS = ("none", "l1", "decov", "sni", "slni", "snid", "slnid")
+DISCOUNTS = ("sum", "max")
+
+
+def _check_h(h: Tensor) -> Tensor:
+    if not isinstance(h, Tensor) or h.ndim != 2:
+        shape = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+        raise ValueError(f"activations must be a 2-D tensor (samples x neurons), got {shape}; "
+                         f"flatten each sample's activations first (h.flatten(1)).")
+    if h.shape[0] == 0:
+        raise ValueError("activations have zero samples; the regulariser is a mean over the batch.")
+    return h
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_cached(n: int, sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    idx = torch.arange(n, device=device, dtype=torch.float64)
+    if math.isinf(sigma):
+        w = torch.ones(n, n, device=device, dtype=torch.float64)
+    else:
+        w = torch.exp(-(idx[:, None] - idx[None, :]) ** 2 / (2.0 * sigma ** 2))
+    w.fill_diagonal_(0.0)
+    return w.to(dtype)
+
+
+def gaussian_neighbourhood(n: int, sigma: float | None = None, device: str | torch.device = "cpu",
+                           dtype: torch.dtype = torch.float32) -> Tensor:
+    r"""Lateral-inhibition weights ``W_ij = exp(-(i-j)^2 / (2 sigma^2))`` for ``i != j``, ``W_ii = 0``.
+
+    ``sigma=None`` means ``n/6`` (the paper's choice); ``sigma=math.inf`` gives all ones off the
+    diagonal (SNI).  The ``n x n`` matrix is computed once per ``(n, sigma, device, dtype)`` and
+    cached on the device: treat it as read-only.
+    """
+    if int(n) != n or n < 1:
+        raise ValueError(f"the layer width n must be a positive integer, got {n!r}.")
+    sigma = n / 6.0 if sigma is None else float(sigma)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0 (or math.inf for SNI), got {sigma}.")
+    return _gaussian_cached(int(n), sigma, torch.device(device), dtype)
+
+
+def importance_discount(alpha: Tensor, discount: str = "sum") -> Tensor:
+    r"""Pairwise discount ``D_ij = exp(-(alpha_i + alpha_j))`` ("sum", paper) or ``exp(-max(alpha_i, alpha_j))`` ("max", authors' code)."""
+    if discount not in DISCOUNTS:
+        raise ValueError(f"unknown discount {discount!r}; choose 'sum' (the paper, exp(-(a_i+a_j))) "
+                         f"or 'max' (the authors' code, exp(-max(a_i, a_j))).")
+    if not isinstance(alpha, Tensor) or alpha.ndim != 1:
+        raise ValueError(f"neuron importance alpha must be a 1-D tensor with one value per neuron, "
+                         f"got {tuple(alpha.shape) if isinstance(alpha, Tensor) else type(alpha).__name__}.")
+    if not bool(torch.isfinite(alpha).all()) or bool((alpha < 0).any()):
+        raise ValueError("neuron importance alpha must be finite and >= 0 (it is a mean absolute gradient).")
+    if discount == "sum":
+        d = torch.exp(-alpha)
+        return d[:, None] * d[None, :]
+    return torch.exp(-torch.maximum(alpha[:, None], alpha[None, :]))
+
+
+def _weights(n: int, sigma: float, alpha: Tensor | None, discount: str, like: Tensor) -> Tensor:
+    """Full weight matrix W (zero diagonal) for a layer of width ``n``, on ``like``'s device and dtype."""
+    w = gaussian_neighbourhood(n, sigma, like.device, like.dtype)
+    if alpha is not None:
+        if alpha.shape != (n,):
+            raise ValueError(f"alpha has shape {tuple(alpha.shape)} but the layer has {n} neurons; "
+                             f"give one importance per neuron.")
+        w = w * importance_discount(alpha.to(device=like.device, dtype=like.dtype), discount)
+    return w
+
+
+def coactivation(h: Tensor, w: Tensor) -> Tensor:
+    r"""``R = (1/M) sum_m sum_{i,j} W_ij h_i^m h_j^m`` for a symmetric weight matrix ``W`` (zero diagonal for SNI-style penalties).
+
+    Computed as ``((H W) * H).sum() / M``: one ``M x N x N`` product forward and one backward.
+    """
+    _check_h(h)
+    if w.shape != (h.shape[1], h.shape[1]):
+        raise ValueError(f"weights of shape {tuple(w.shape)} do not match {h.shape[1]} neurons.")
+    return (torch.mm(h, w) * h).sum() / h.shape[0]
+
+
+def sni(h: Tensor, alpha: Tensor | None = None, discount: str = "sum") -> Tensor:
+    r"""SNI (``alpha=None``) or SNID: ``R = (1/M) sum_m sum_{i != j} D_ij h_i^m h_j^m``, ``D_ij = exp(-(alpha_i+alpha_j))`` (or ``exp(-max)``)."""
+    _check_h(h)
+    return coactivation(h, _weights(h.shape[1], math.inf, alpha, discount, h))
+
+
+def slni(h: Tensor, sigma: float | None = None, alpha: Tensor | None = None, discount: str = "sum") -> Tensor:
+    r"""SLNI (``alpha=None``) or SLNID: ``R = (1/M) sum_m sum_{i != j} exp(-(i-j)^2/(2 sigma^2)) D_ij h_i^m h_j^m``, ``sigma = N/6`` by default."""
+    _check_h(h)
+    return coactivation(h, _weights(h.shape[1], sigma, alpha, discount, h))
+
+
+def l1_rep(h: Tensor) -> Tensor:
+    r"""L1-Rep: ``R = (1/M) sum_m sum_i |h_i^m|`` (mean over samples, sum over neurons)."""
+    _check_h(h)
+    return h.abs().sum() / h.shape[0]
+
+
+def decov(h: Tensor) -> Tensor:
+    r"""DeCov (Cogswell et al., 2016): ``R = 1/2 (||C||_F^2 - ||diag C||^2)``, ``C = (1/M) sum_m (h^m - mu)(h^m - mu)^T``."""
+    _check_h(h)
+    hc = h - h.mean(0, keepdim=True)
+    c = torch.mm(hc.t(), hc) / h.shape[0]
+    return 0.5 * (c.pow(2).sum() - torch.diagonal(c).pow(2).sum())
+
+
+@torch.no_grad()
+def mean_activation(model: nn.Module, x: Tensor, batch_size: int = 10_000) -> list[Tensor]:
+    r"""Mean activation of every hidden neuron over the inputs ``x``: ``a_i = (1/M) sum_m h_i^m``, one tensor per layer."""
+    was_training = model.training
+    model.eval()
+    sums = None
+    for i in range(0, len(x), batch_size):
+        hs = model.features(x[i:i + batch_size])
+        s = [h.sum(0, dtype=torch.float64) for h in hs]
+        sums = s if sums is None else [a + b for a, b in zip(sums, s)]
+    model.train(was_training)
+    return [s.div(len(x)).to(x.dtype) for s in sums]
+
+
+def active_neurons(mean_act: Tensor, rel_tol: float = 0.05) -> Tensor:
+    r"""Which neurons are *active*: ``a_i >= rel_tol * max_j a_j`` (a boolean mask); the others are free for later tasks."""
+    if mean_act.ndim != 1:
+        raise ValueError(f"give the mean activations of one layer (1-D), got shape {tuple(mean_act.shape)}.")
+    if not 0 <= rel_tol < 1:
+        raise ValueError(f"rel_tol must be in [0, 1), got {rel_tol}.")
+    top = mean_act.max()
+    if top <= 0:
+        return torch.zeros_like(mean_act, dtype=torch.bool)
+    return mean_act >= rel_tol * top
+
+
+class SSL(Strategy):
+    r"""Selfless Sequential Learning: add ``lam * sum_layers R(h_l)`` to the loss at every step.
+
+    Args:
+        method: ``"l1"`` (L1-Rep), ``"decov"``, ``"sni"``, ``"slni"``, ``"snid"``, ``"slnid"``, or
+            ``"none"`` (no regulariser; a named baseline).
+        lam: ``lambda_SSL >= 0``.
+        sigma_frac: ``sigma = sigma_frac * N`` for the local methods (``1/6`` in the paper).
+        discount: ``"sum"`` (paper) or ``"max"`` (authors' code) for SNID / SLNID.
+        layers: indices of the hidden layers to regularise (``None``: all of them).
+        importance_samples: how many of each task's training inputs estimate the neuron
+            importance (``None``: all).
+
+    For SNID / SLNID, after every task the importance of each neuron on that task's training
+    inputs, ``alpha_i = mean_x |d ||F(x)||^2 / d h_i|`` (:func:`clutils.importance.neuron_importance`),
+    is *added* to the importance accumulated so far; during the first task ``alpha = 0`` and the
+    penalty is plain SNI / SLNI.  The weight matrix of each layer is built once per task.
+    """
+
+    def __init__(self, method: str = "slnid", lam: float = 1e-3, *, sigma_frac: float = 1 / 6,
+                 discount: str = "sum", layers: Sequence[int] | None = None,
+                 importance_samples: int | None = None):
+        key = str(method).lower().replace("-", "_")
+        key = {"l1_rep": "l1", "l1rep": "l1", "no_reg": "none", "noreg": "none"}.get(key, key)
+        if key not in METHODS:
+            raise ValueError(f"unknown SSL method {method!r}; choose one of {', '.join(METHODS)}.")
+        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+            raise ValueError(f"lam (lambda_SSL) must be a finite number >= 0, got {lam!r}.")
+        if not (isinstance(sigma_frac, (int, float)) and sigma_frac > 0):
+            raise ValueError(f"sigma_frac must be > 0 (sigma = sigma_frac * layer width), got {sigma_frac!r}.")
+        if discount not in DISCOUNTS:
+            raise ValueError(f"unknown discount {discount!r}; choose 'sum' (paper) or 'max' (authors' code).")
+        if layers is not None and (len(layers) == 0 or any(int(l) != l or l < 0 for l in layers)):
+            raise ValueError(f"layers must be None (all hidden layers) or non-empty indices >= 0, got {layers!r}.")
+        if importance_samples is not None and importance_samples < 1:
+            raise ValueError(f"importance_samples must be None (all) or >= 1, got {importance_samples}.")
+        self.method, self.lam, self.sigma_frac, self.discount = key, float(lam), float(sigma_frac), discount
+        self.layers = None if layers is None else [int(l) for l in layers]
+        self.importance_samples = importance_samples
+        self.name = key
+        self.alpha: list[Tensor] | None = None  # accumulated neuron importance, one tensor per hidden layer
+        self._w: dict[int, Tensor] = {}  # per-layer weight matrices, rebuilt when alpha changes
+
+    @property
+    def uses_importance(self) -> bool:
+        return self.method in ("snid", "slnid")
+
+    def _layer_ids(self, n_layers: int) -> list[int]:
+        ids = list(range(n_layers)) if self.layers is None else self.layers
+        bad = [l for l in ids if l >= n_layers]
+        if bad:
+            raise ValueError(f"SSL layers {bad} do not exist: the model has {n_layers} hidden layer(s) "
+                             f"(indices 0..{n_layers - 1}).")
+        return ids
+
+    def _weight(self, l: int, h: Tensor) -> Tensor:
+        w = self._w.get(l)
+        if w is None or w.device != h.device or w.dtype != h.dtype or w.shape[0] != h.shape[1]:
+            n = h.shape[1]
+            sigma = math.inf if self.method in ("sni", "snid") else self.sigma_frac * n
+            alpha = self.alpha[l] if (self.uses_importance and self.alpha is not None) else None
+            w = _weights(n, sigma, alpha, self.discount, h)
+            self._w[l] = w
+        return w
+
+    def regulariser(self, hidden: list[Tensor]) -> Tensor | None:
+        """``sum_l R(h_l)`` over the regularised layers (without ``lam``)."""
+        if self.method == "none":
+            return None
+        total = None
+        for l in self._layer_ids(len(hidden)):
+            h = hidden[l].flatten(1)
+            if self.method == "l1":
+                r = l1_rep(h)
+            elif self.method == "decov":
+                r = decov(h)
+            else:
+                r = coactivation(h, self._weight(l, h))
+            total = r if total is None else total + r
+        return total
+
+    def penalty(self, model: nn.Module, t: int, hidden: list[Tensor]) -> Tensor | None:
+        r = self.regulariser(hidden)
+        return None if r is None else self.lam * r
+
+    def after_task(self, model: nn.Module, stream: Stream, t: int) -> None:
+        if not self.uses_importance:
+            return
+        from .importance import neuron_importance
+
+        x = stream[t].x_train
+        if self.importance_samples is not None:
+            x = x[: self.importance_samples]
+        new = [a.detach() for a in neuron_importance(model, x, head=stream.head_of(t),
+                                                      n_active=stream.active_outputs(t))]
+        self.alpha = new if self.alpha is None else [a + b for a, b in zip(self.alpha, new)]
+        self._w.clear()
+
+    def config(self) -> dict:
+        return {"name": "ssl", "method": self.method, "lam": self.lam, "sigma_frac": self.sigma_frac,
+                "discount": self.discount, "layers": self.layers, "importance_samples": self.importance_samples}
+
+    def state_dict(self) -> dict:
+        return {"alpha": None if self.alpha is None else [a.clone() for a in self.alpha]}
+
+    def load_state_dict(self, state: dict) -> None:
+        alpha = state.get("alpha")
+        self.alpha = None if alpha is None else [a.clone() for a in alpha]
+        self._w.clear()
