@@ -3,6 +3,7 @@ from .book import choose_profile, glue
 from .data import Dataset, Stream, Task, disjoint, load_dataset, make_stream, permuted, split
 from .metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, intransigence, summary
 from .importance import fisher_diagonal, hebbian_importance, mas_importance, neuron_importance
+from .inhibition import SSL
 from .models import MLP
 from .results import RunResult
 from .strategies import Compose, FreezeFeatures, Joint, Naive, Strategy
