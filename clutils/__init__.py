@@ -5,6 +5,7 @@ from .metrics import average_accuracy, backward_transfer, forgetting, forward_tr
 from .importance import fisher_diagonal, hebbian_importance, mas_importance, neuron_importance
 from .inhibition import SSL
 from .models import MLP
+from .penalties import EWC, L2, MAS, Consolidation, quadratic_penalty
 from .results import RunResult
 from .strategies import Compose, FreezeFeatures, Joint, Naive, Strategy
 from .training import NonFiniteLossError, TrainConfig, evaluate, resolve_device, seed_everything, train_stream
