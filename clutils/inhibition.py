@@ -116,15 +116,41 @@ def _weights(n: int, sigma: float, alpha: Tensor | None, discount: str, like: Te
     return w
 
 
+class _Coactivation(torch.autograd.Function):
+    """``R = <H W, H> / M`` with the gradient ``2 H W / M`` (``W`` symmetric) reusing the forward product."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor) -> Tensor:
+        hw = torch.mm(h, w)
+        ctx.save_for_backward(hw)
+        ctx.m = h.shape[0]
+        return torch.dot(hw.reshape(-1), h.reshape(-1)) / h.shape[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (hw,) = ctx.saved_tensors
+        return hw * (2.0 * grad / ctx.m), None
+
+
+def _coactivation(h: Tensor, w: Tensor) -> Tensor:
+    """Unchecked :func:`coactivation` for a symmetric, constant ``w`` (the training step's fast path)."""
+    return _Coactivation.apply(h, w)
+
+
 def coactivation(h: Tensor, w: Tensor) -> Tensor:
     r"""``R = (1/M) sum_m sum_{i,j} W_ij h_i^m h_j^m`` for a symmetric weight matrix ``W`` (zero diagonal for SNI-style penalties).
 
-    Computed as ``((H W) * H).sum() / M``: one ``M x N x N`` product forward and one backward.
+    Computed as ``<H W, H> / M``: one ``M x N x N`` product; the gradient ``dR/dH = 2 H W / M``
+    reuses it, so the backward pass costs one elementwise product.  ``W`` is a constant (no
+    gradient flows to it).
     """
     _check_h(h)
     if w.shape != (h.shape[1], h.shape[1]):
         raise ValueError(f"weights of shape {tuple(w.shape)} do not match {h.shape[1]} neurons.")
-    return (torch.mm(h, w) * h).sum() / h.shape[0]
+    if not torch.equal(w, w.t()):
+        raise ValueError("the weight matrix must be symmetric (W_ij = W_ji); use (W + W.T) / 2.")
+    return _coactivation(h, w.detach())
 
 
 def sni(h: Tensor, alpha: Tensor | None = None, discount: str = "sum") -> Tensor:
@@ -256,7 +282,7 @@ class SSL(Strategy):
             elif self.method == "decov":
                 r = decov(h)
             else:
-                r = coactivation(h, self._weight(l, h))
+                r = _coactivation(h, self._weight(l, h))
             total = r if total is None else total + r
         return total
 

@@ -194,3 +194,25 @@ def test_ssl_importance_accumulates_over_tasks():
     restored = SSL("slnid", 1e-3)
     restored.load_state_dict(ssl.state_dict())
     assert torch.equal(restored.penalty(model, 1, [h, h]), ssl.penalty(model, 1, [h, h]))
+
+
+def _run(strategy, seed=0):
+    seed_everything(seed)
+    model = MLP(64, [32, 32], 10)
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, momentum=0.9, seed=seed)
+    return train_stream(model, _digits_stream(), strategy, cfg, device="cpu", progress=False), model
+
+
+def test_zero_lambda_reduces_to_the_plain_method_bit_for_bit():
+    from clutils.penalties import MAS
+
+    plain, m_plain = _run(MAS(0.5))
+    with_zero, m_zero = _run(Compose(MAS(0.5), SSL("slnid", 0.0)))
+    assert plain.acc == with_zero.acc  # exact equality of every entry of R
+    for p, q in zip(m_plain.parameters(), m_zero.parameters()):
+        assert torch.equal(p, q)
+    # and a positive lambda does change the run, in the direction it should: fewer co-activations
+    with_ssl, m_ssl = _run(Compose(MAS(0.5), SSL("slnid", 1e-2)))
+    assert with_ssl.acc != plain.acc
+    x = _digits_stream()[0].x_test
+    assert sni(m_ssl.features(x)[0]).item() < sni(m_plain.features(x)[0]).item()
