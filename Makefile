@@ -1,0 +1,53 @@
+# The two commands the README documents:
+#   make book   -> builds the book into _build/html (zero warnings, offline MathJax)
+#   make test   -> runs the whole test suite (chapters executed with papermill,
+#                  the book built once and rendered in headless Chromium, resume tests)
+# Needs only python3, npm and (for the render tests) apt or an installed chromium.
+
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+PIP      := $(PY) -m pip
+MATHJAX  := _vendor/site/mathjax
+# Only what the TeX-input/CommonHTML-output component loads: the component itself, its
+# fonts, the TeX extensions it may autoload, the menu and accessibility pieces.
+MATHJAX_PARTS := tex-chtml.js input output/chtml ui a11y adaptors
+
+.PHONY: all venv mathjax chromium book test clean
+
+all: book
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch torchvision
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+# MathJax 3 from npm, served by the book itself (html_extra_path in _config.yml), never a CDN.
+mathjax: $(MATHJAX)/tex-chtml.js
+
+$(MATHJAX)/tex-chtml.js:
+	npm install --prefix _vendor/npm --no-save --no-audit --no-fund --loglevel=error mathjax@3
+	rm -rf $(MATHJAX) && mkdir -p $(MATHJAX)/output
+	cd _vendor/npm/node_modules/mathjax/es5 && cp -r $(filter-out output/chtml,$(MATHJAX_PARTS)) $(CURDIR)/$(MATHJAX)/
+	cp -r _vendor/npm/node_modules/mathjax/es5/output/chtml _vendor/npm/node_modules/mathjax/es5/output/chtml.js $(MATHJAX)/output/
+	cp _vendor/npm/node_modules/mathjax/LICENSE $(MATHJAX)/
+
+# Debian's chromium for the render tests; installed only when missing (needs root + apt).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "chromium missing and no root/apt: the render tests will be skipped (they fail under CI=true)"; fi
+
+book: venv mathjax
+	$(VENV)/bin/jupyter-book build . -W --keep-going
+
+test: venv mathjax chromium
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf _build _vendor
