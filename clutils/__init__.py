@@ -8,6 +8,7 @@ from .models import MLP
 from .penalties import EWC, L2, MAS, Consolidation, quadratic_penalty
 from .results import RunResult
 from .strategies import Compose, FreezeFeatures, Joint, Naive, Strategy
+from . import toy
 from .training import NonFiniteLossError, TrainConfig, evaluate, resolve_device, seed_everything, train_stream
 
 __version__ = "0.1.0"
