@@ -126,7 +126,7 @@ def test_sampled_fisher_is_reproducible_and_unbiased_for_the_true_fisher():
     true = fisher_diagonal(m, x, kind="true")
     num = sum((mean[n] - true[n]).abs().sum() for n in true)
     den = sum(true[n].abs().sum() for n in true)
-    assert num / den < 0.05  # E over sampled labels = true Fisher (measured 0.02 with 400 draws)
+    assert num / den < 0.05  # E over sampled labels = true Fisher (measured 0.012 with 400 draws; one draw: 0.31)
     num1 = sum((one[n] - true[n]).abs().sum() for n in true)
     assert num1 / den > 2 * num / den  # a single draw is much further away
 
