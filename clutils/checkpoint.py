@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Checkpointer", "ConfigMismatchError", "fingerprint"]
+__all__ = ["Checkpointer", "ConfigMismatchError", "fingerprint", "weights_digest"]
 
 
 class ConfigMismatchError(RuntimeError):
@@ -24,6 +24,19 @@ class ConfigMismatchError(RuntimeError):
 def fingerprint(config: dict) -> str:
     """A short hash of a run's configuration (JSON with sorted keys)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of a model's parameters and buffers (its initial weights, for the fingerprint).
+
+    Two runs with the same settings but differently initialised models (another seed)
+    must not resume each other.
+    """
+    h = hashlib.sha256()
+    for name, v in model.state_dict().items():
+        h.update(name.encode())
+        h.update(v.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class Checkpointer:

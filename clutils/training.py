@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, weights_digest
 from .data import Stream
 from .results import RunResult
 from .strategies import Strategy
@@ -169,7 +169,9 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
     T = len(stream)
     config = {"stream": stream.description, "model": repr(model), "strategy": strategy.config(),
               "train": cfg.to_dict()}
-    ckpt = Checkpointer(checkpoint_dir, config) if checkpoint_dir is not None else None
+    # the fingerprint also covers the initial weights: a run from another seed never resumes this one
+    ckpt = (Checkpointer(checkpoint_dir, {**config, "initial_weights": weights_digest(model)})
+            if checkpoint_dir is not None else None)
     acc: list[list[float]] = []
     curves: list[dict] = []
     timings = {"train_s": [], "eval_s": []}
