@@ -231,7 +231,7 @@ class SSL(Strategy):
         key = {"l1_rep": "l1", "l1rep": "l1", "no_reg": "none", "noreg": "none"}.get(key, key)
         if key not in METHODS:
             raise ValueError(f"unknown SSL method {method!r}; choose one of {', '.join(METHODS)}.")
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+        if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
             raise ValueError(f"lam (lambda_SSL) must be a finite number >= 0, got {lam!r}.")
         if not (isinstance(sigma_frac, (int, float)) and sigma_frac > 0):
             raise ValueError(f"sigma_frac must be > 0 (sigma = sigma_frac * layer width), got {sigma_frac!r}.")
