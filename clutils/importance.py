@@ -248,17 +248,23 @@ def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kin
     * ``"true"``       :math:`F=\frac1N\sum_n\sum_c p(c|x_n)\,(\partial_\theta\log p(c|x_n))^2`
       (expectation under the model's own predictive distribution);
     * ``"sampled"``    :math:`F=\frac1N\sum_n(\partial_\theta\log p(\hat y_n|x_n))^2`,
-      :math:`\hat y_n\sim p(\cdot|x_n)` drawn with ``generator`` (on the CPU, so a
-      seed gives the same labels on every device and for every ``batch_size``);
+      :math:`\hat y_n\sim p(\cdot|x_n)` drawn with ``generator`` (a CPU generator; the
+      uniforms are drawn on the CPU, so a seed gives the same labels on every device
+      and for every ``batch_size``; ``None`` draws from PyTorch's global generator);
     * ``"empirical"``  the same with the true labels ``y``;
-    * ``"batched"``    :math:`F=\frac1N\sum_b B_b\,(\partial_\theta \bar L_b)^2`, the square
-      of the gradient of the *mean* cross-entropy :math:`\bar L_b` of each mini-batch
-      of ``batch_size`` true-labelled samples (the shortcut of several public
-      implementations).  It is biased: with per-sample gradients :math:`g_n`,
-      :math:`B(\frac1B\sum_n g_n)^2=\frac1B(\sum_n g_n)^2 = \frac1B\sum_n g_n^2 +
-      \frac1B\sum_{n\neq m} g_n g_m`, so it equals the empirical Fisher only for
-      ``batch_size=1``; the cross terms shrink it towards (B times) the squared
-      mean gradient, which is near zero at a minimum of the loss.
+    * ``"batched"``    the square of the gradient :math:`\bar g_b=\frac1{B_b}\sum_{n\in b}g_n` of the
+      *mean* cross-entropy of each mini-batch ``b`` of ``batch_size`` true-labelled
+      samples, averaged over the batches (weighted by their sizes :math:`B_b`):
+      :math:`F=\sum_b\frac{B_b}{N}\bar g_b^2`, the shortcut of several public
+      implementations.  It is biased: per batch it is
+      :math:`\frac1{B^2}(\sum_n g_n)^2 = \frac1{B^2}\sum_n g_n^2+\frac1{B^2}\sum_{n\neq m}g_ng_m`
+      where the empirical Fisher has :math:`\frac1B\sum_n g_n^2`.  If per-sample
+      gradients have mean :math:`\mu` and second moment :math:`s` (the empirical
+      Fisher), its expectation over random batches is :math:`s/B+(1-1/B)\mu^2`:
+      near a minimum of the loss (:math:`\mu\approx0`) about ``batch_size``
+      times smaller than the Fisher (a :math:`\lambda` tuned with it is that much
+      too large for the exact Fisher), and noisier.  ``batch_size=1`` gives the
+      empirical Fisher.
 
     The first three are exact per-sample averages, computed without a loop over
     samples (see the module docstring; ``method`` picks ``"linear"`` (the fast
