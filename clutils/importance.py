@@ -318,9 +318,11 @@ def mas_importance(model: nn.Module, x: Tensor, *, kind: str = "per_sample", hea
       computed exactly without a loop over samples (for a linear layer the
       per-sample weight gradient is :math:`\delta_k a_k^\top`, whose absolute
       value is :math:`|\delta_k||a_k|^\top`, so the sum is :math:`|\delta|^\top|a|`).
-    * ``"batch"`` (what released implementations compute): the absolute value of
-      the gradient of the squared norms *summed* over a mini-batch ``b`` of
-      ``batch_size`` samples, summed over batches and divided by ``N``:
+    * ``"batch"`` (the batch-level shortcut of released implementations): the
+      absolute value of the gradient of the squared norms *summed* over a
+      mini-batch ``b`` of ``batch_size`` samples, summed over batches and divided
+      by ``N`` (implementations that average the norms over the batch instead of
+      summing them get this divided by the batch size):
 
       .. math:: \Omega^{(B)} = \frac1N\sum_b\left|\sum_{k\in b}
                 \frac{\partial\lVert F(x_k)\rVert_2^2}{\partial\theta}\right|

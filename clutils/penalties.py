@@ -83,7 +83,7 @@ def _check_lam(lam: float) -> float:
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
         raise ValueError(f"lambda must be a finite number, got {lam!r}.")
     if lam < 0:
-        raise ValueError(f"lambda must be non-negative (it weighs a penalty), got {lam}; use lam >= 0.")
+        raise ValueError(f"lambda (λ) must be non-negative (it weighs a penalty), got {lam}; use lam >= 0.")
     return float(lam)
 
 
