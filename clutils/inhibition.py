@@ -117,25 +117,35 @@ def _weights(n: int, sigma: float, alpha: Tensor | None, discount: str, like: Te
 
 
 class _Coactivation(torch.autograd.Function):
-    """``R = <H W, H> / M`` with the gradient ``2 H W / M`` (``W`` symmetric) reusing the forward product."""
+    """``c * sum_l <H_l W_l, H_l>`` with the gradient ``2 c H_l W_l`` (each ``W_l`` symmetric), reusing the forward products.
+
+    All layers go through one call, so a training step pays the autograd bookkeeping once.
+    """
 
     @staticmethod
-    def forward(ctx, h: Tensor, w: Tensor) -> Tensor:
-        hw = torch.mm(h, w)
-        ctx.save_for_backward(hw)
-        ctx.m = h.shape[0]
-        return torch.dot(hw.reshape(-1), h.reshape(-1)) / h.shape[0]
+    def forward(ctx, c: float, *hw_pairs: Tensor) -> Tensor:
+        hs, ws = hw_pairs[0::2], hw_pairs[1::2]
+        prods = [torch.mm(h, w) for h, w in zip(hs, ws)]
+        ctx.save_for_backward(*prods)
+        ctx.c = c
+        out = torch.dot(prods[0].reshape(-1), hs[0].reshape(-1))
+        for p, h in zip(prods[1:], hs[1:]):
+            out = out + torch.dot(p.reshape(-1), h.reshape(-1))
+        return out * c
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        (hw,) = ctx.saved_tensors
-        return hw * (2.0 * grad / ctx.m), None
+        k = grad * (2.0 * ctx.c)
+        out: list[Tensor | None] = [None]
+        for p in ctx.saved_tensors:
+            out += [p * k, None]
+        return tuple(out)
 
 
-def _coactivation(h: Tensor, w: Tensor) -> Tensor:
-    """Unchecked :func:`coactivation` for a symmetric, constant ``w`` (the training step's fast path)."""
-    return _Coactivation.apply(h, w)
+def _coactivation(hs: Sequence[Tensor], ws: Sequence[Tensor], c: float) -> Tensor:
+    """Unchecked ``c * sum_l <H_l W_l, H_l>`` for symmetric, constant ``W_l`` (the training step's fast path)."""
+    return _Coactivation.apply(c, *(t for pair in zip(hs, ws) for t in pair))
 
 
 def coactivation(h: Tensor, w: Tensor) -> Tensor:
@@ -150,7 +160,7 @@ def coactivation(h: Tensor, w: Tensor) -> Tensor:
         raise ValueError(f"weights of shape {tuple(w.shape)} do not match {h.shape[1]} neurons.")
     if not torch.equal(w, w.t()):
         raise ValueError("the weight matrix must be symmetric (W_ij = W_ji); use (W + W.T) / 2.")
-    return _coactivation(h, w.detach())
+    return _coactivation([h], [w.detach()], 1.0 / h.shape[0])
 
 
 def sni(h: Tensor, alpha: Tensor | None = None, discount: str = "sum") -> Tensor:
@@ -270,25 +280,27 @@ class SSL(Strategy):
             self._w[l] = w
         return w
 
-    def regulariser(self, hidden: list[Tensor]) -> Tensor | None:
-        """``sum_l R(h_l)`` over the regularised layers (without ``lam``)."""
+    def _sum(self, hidden: list[Tensor], scale: float) -> Tensor | None:
+        """``scale * sum_l R(h_l)`` over the regularised layers."""
         if self.method == "none":
             return None
-        total = None
-        for l in self._layer_ids(len(hidden)):
-            h = hidden[l].flatten(1)
-            if self.method == "l1":
-                r = l1_rep(h)
-            elif self.method == "decov":
-                r = decov(h)
-            else:
-                r = _coactivation(h, self._weight(l, h))
-            total = r if total is None else total + r
-        return total
+        hs = [hidden[l].flatten(1) for l in self._layer_ids(len(hidden))]
+        for h in hs:
+            _check_h(h)
+        if self.method == "l1":
+            return scale * sum(l1_rep(h) for h in hs)
+        if self.method == "decov":
+            return scale * sum(decov(h) for h in hs)
+        ws = [self._weight(l, h) for l, h in zip(self._layer_ids(len(hidden)), hs)]
+        return _coactivation(hs, ws, scale / hs[0].shape[0])
+
+    def regulariser(self, hidden: list[Tensor]) -> Tensor | None:
+        """``sum_l R(h_l)`` over the regularised layers (without ``lam``)."""
+        return self._sum(hidden, 1.0)
 
     def penalty(self, model: nn.Module, t: int, hidden: list[Tensor]) -> Tensor | None:
-        r = self.regulariser(hidden)
-        return None if r is None else self.lam * r
+        """``lam * sum_l R(h_l)``: the regulariser of the batch's hidden activations."""
+        return self._sum(hidden, self.lam)
 
     def after_task(self, model: nn.Module, stream: Stream, t: int) -> None:
         if not self.uses_importance:
