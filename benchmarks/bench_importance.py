@@ -8,7 +8,9 @@ On real MNIST (60,000 training images; set ``$CLUTILS_DATA`` or pass ``--root``)
   batched (mini-batch-squared) Fisher for comparison;
 * MLP 784-256-256 with a 2-way head (as in the MAS paper's split MNIST): one epoch
   at batch 200 vs per-sample MAS over the 60,000 images (target <= 2x), plus the
-  batch and Hebbian variants.
+  batch and Hebbian variants;
+* the cost of the penalty at every step: an epoch of the second task of a 2-task
+  permuted MNIST with Naive, EWC (separate, online) and MAS.
 
 Each time is the best of ``--repeat`` runs.  Run it alone (it uses every core):
 
@@ -97,6 +99,20 @@ def main() -> None:
     ]:
         rows.append((label, best_time(fn, dev, args.repeat), target))
     _report("MLP 784-256-256-2 on 60,000 MNIST images", rows)
+
+    # ---- what the penalty costs at every step: epoch of task 2 of a 2-task permuted MNIST, after consolidation
+    stream = clutils.permuted(ds, n_tasks=2, seed=0)
+    rows = []
+    for label, make in [("Naive", clutils.Naive), ("EWC separate (true Fisher)", lambda: clutils.EWC(100.0)),
+                        ("EWC online", lambda: clutils.EWC(100.0, mode="online", gamma=0.9)),
+                        ("MAS", lambda: clutils.MAS(1.0))]:
+        def second_epoch():
+            clutils.seed_everything(0)
+            cfg = clutils.TrainConfig(epochs=1, batch_size=128, lr=0.01)
+            res = clutils.train_stream(clutils.MLP(784, (100, 100), 10), stream, make(), cfg, device=dev, progress=False)
+            return res.timings["train_s"][1]
+        rows.append((f"task-2 epoch, {label}", min(second_epoch() for _ in range(args.repeat)), None))
+    _report("Penalty overhead, MLP 784-100-100-10, batch 128 (ratio to the Naive epoch)", rows)
 
 
 def _report(title: str, rows) -> None:
