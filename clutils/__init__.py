@@ -5,6 +5,7 @@ from .metrics import average_accuracy, backward_transfer, forgetting, forward_tr
 from .importance import fisher_diagonal, hebbian_importance, mas_importance, neuron_importance
 from .inhibition import SSL
 from .models import MLP
+from .plotting import plot_accuracy_matrix, plot_task_curves, plot_training_curves
 from .penalties import EWC, L2, MAS, Consolidation, quadratic_penalty
 from .results import RunResult
 from .strategies import Compose, FreezeFeatures, Joint, Naive, Strategy

@@ -259,11 +259,12 @@ def permuted(ds: Dataset, n_tasks: int = 10, seed: int = 0, first_unpermuted: bo
 
 
 def make_stream(kind: str, dataset: str | Dataset = "mnist", *, scenario: str | None = None,
-                root: str | os.PathLike | None = None, device: str | torch.device = "cpu", **kwargs) -> Stream:
+                root: str | os.PathLike | None = None, device: str | torch.device | None = None, **kwargs) -> Stream:
     """Build a stream by name: ``make_stream("split", "mnist", scenario="class")``.
 
     ``kwargs`` go to :func:`permuted`, :func:`split` or :func:`disjoint`.  Names are
-    checked before any data is loaded.
+    checked before any data is loaded.  ``device=None`` keeps a given ``Dataset`` where
+    it is (a name is loaded on the CPU).
     """
     kind = _check_name(kind, STREAMS, "stream")
     if scenario is not None:
@@ -272,6 +273,8 @@ def make_stream(kind: str, dataset: str | Dataset = "mnist", *, scenario: str | 
         raise ValueError(f"a stream needs at least one task; got n_tasks={kwargs['n_tasks']}.")
     if kind == "disjoint" and not kwargs.get("groups"):
         raise ValueError("a disjoint stream needs groups=[[...], [...]] of classes, one list per task.")
-    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, root=root, device=device)
-    ds = ds.to(device)
+    if isinstance(dataset, Dataset):
+        ds = dataset if device is None else dataset.to(device)
+    else:
+        ds = load_dataset(dataset, root=root, device=device or "cpu")
     return {"permuted": permuted, "split": split, "disjoint": disjoint}[kind](ds, **kwargs)
