@@ -150,8 +150,6 @@ def test_chapter_runs_quick_with_papermill(path, tmp_path):
     committed = _glue_names(nbformat.read(path, as_version=4))
     assert _glue_names(ran) == committed, \
         f"{path.name}: the quick run glues {sorted(_glue_names(ran))}, the committed run {sorted(committed)}."
-    seconds = ran.metadata.papermill.duration
-    assert seconds < 120, f"{path.name}: the quick profile took {seconds:.0f} s; it must stay well under 60 s."
 
 
 # ----------------------------------------------------------------------------- the built book
