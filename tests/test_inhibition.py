@@ -216,3 +216,16 @@ def test_zero_lambda_reduces_to_the_plain_method_bit_for_bit():
     assert with_ssl.acc != plain.acc
     x = _digits_stream()[0].x_test
     assert sni(m_ssl.features(x)[0]).item() < sni(m_plain.features(x)[0]).item()
+
+
+def test_large_importance_gives_zero_weights_not_subnormal_ones():
+    # exp(-(a_i + a_j)) with a ~ 60 is ~1e-52: below float32's smallest normal number, so the weight
+    # is stored as exactly 0 (a product with subnormal numbers is many times slower on CPUs)
+    hs = [torch.relu(torch.randn(8, 16))]
+    ssl = SSL("slnid", 1.0)
+    ssl.load_state_dict({"alpha": [torch.linspace(0, 120, 16)]})
+    ssl.penalty(None, 1, hs)
+    w = ssl._w[0]
+    tiny = torch.finfo(torch.float32).tiny
+    assert not bool(((w > 0) & (w < tiny)).any())
+    assert w[0, 1].item() > 0 and w[14, 15].item() == 0.0
