@@ -18,8 +18,11 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     """Store ``value`` in the notebook's outputs under ``name`` so the text can quote it ({glue:text}`name`).
 
     Uses MyST-NB's ``glue`` when it is installed (building the book); elsewhere (Colab) it
-    just prints the value when ``display`` is true.
+    just prints the value when ``display`` is true.  NumPy and PyTorch scalars are stored as
+    plain Python numbers, so ``{glue:text}`name:.1f``` can format them.
     """
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
     try:
         from myst_nb import glue as _glue
     except ImportError:  # pragma: no cover - only without the book extras
