@@ -178,8 +178,10 @@ def test_page_renders_offline_with_math_and_figures(site, browser, doc):
         time.sleep(0.3)  # let fonts settle before the picture
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         height = min(info["height"], 16000)
-        shot = page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                         clip={"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1})
+        # a viewport as tall as the page, so the picture shows the layout a reader sees
+        page.call("Emulation.setDeviceMetricsOverride", width=1280, height=height, deviceScaleFactor=1, mobile=False)
+        time.sleep(0.3)
+        shot = page.call("Page.captureScreenshot", format="png")
         import base64
 
         (SCREENSHOTS / f"{doc.stem}.png").write_bytes(base64.b64decode(shot["data"]))
