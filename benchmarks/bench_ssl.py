@@ -12,9 +12,11 @@ hit all of them alike:
 
 Prints the median time per step of each and the ratios slnid / plain and mas+slnid / mas
 (target <= 1.3).  Inputs are random images (the time of a dense step does not depend on the
-pixel values).  Run with nothing else heavy on the machine:
+pixel values).  On the CPU, the regularised model's activations drift towards zero and
+subnormal floats appear, which slow every matrix product of its step; ``--flush-denormal``
+measures all variants with subnormals treated as zero.  Run with nothing else heavy on the machine:
 
-    python benchmarks/bench_ssl.py [--rounds 30] [--steps 50] [--device auto]
+    python benchmarks/bench_ssl.py [--rounds 30] [--steps 50] [--device auto] [--flush-denormal]
 """
 from __future__ import annotations
 
@@ -72,7 +74,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", default=None, help="also write the medians and ratios here")
+    ap.add_argument("--flush-denormal", action="store_true",
+                    help="treat subnormal floats as zero on the CPU, for every variant alike "
+                         "(what TrainConfig(flush_denormal=True) does inside train_stream)")
     args = ap.parse_args()
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     device = cl.resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(20 * args.batch, 784, generator=g).to(device)
@@ -99,7 +106,7 @@ def main() -> None:
             times[kind].append(steps(m, s, o, x, y, args.steps, args.batch, device))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"device {device}, torch threads {torch.get_num_threads()}, MLP 784-{args.hidden}-{args.hidden}-10, "
-          f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps")
+          f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps, flush_denormal={args.flush_denormal}")
     for k in kinds:
         print(f"  {k:10s} {1e3 * med[k]:7.3f} ms/step")
     ratios = {"slnid/plain": med["slnid"] / med["plain"]}

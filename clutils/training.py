@@ -8,6 +8,7 @@ to exactly the same result (see :mod:`clutils.checkpoint`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -65,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     eval_every_epoch: bool = False  # record accuracy on all tasks after every epoch (curves)
     eval_batch_size: int = 10_000
+    flush_denormal: bool = False  # CPU: treat subnormal floats as 0 (faster when activations shrink, e.g. SLNID)
 
     def epochs_for(self, t: int) -> int:
         if isinstance(self.epochs, int):
@@ -123,6 +125,24 @@ def evaluate(model: nn.Module, stream: Stream, after_task: int, batch_size: int 
     model.train(was_training)
     counts = torch.tensor([len(t.y_test) for t in stream], dtype=torch.float64)
     return (torch.stack(accs).double().cpu() / counts).tolist()
+
+
+@contextlib.contextmanager
+def _flush_denormal(enabled: bool):
+    """Inside: subnormal floats count as zero on the CPU (``torch.set_flush_denormal``); off again after.
+
+    Arithmetic on subnormals (|x| < 1.2e-38 in float32) is many times slower on x86 CPUs; penalties
+    that push activations towards zero (SNI ... SLNID) produce them, and then every matrix product
+    of the step slows down.  Off by default: it changes results in the last bits.
+    """
+    if not enabled:
+        yield
+        return
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -188,53 +208,54 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
 
     total_epochs = sum(cfg.epochs_for(t) for t in range(start, T))
     bar = _progress(total_epochs, f"{strategy.name} on {stream.name}", progress)
-    for t in range(start, T):
-        x, y, heads = strategy.train_data(stream, t)
-        strategy.before_task(model, stream, t)
-        params = _trainable(model, stream, heads)
-        opt = _make_optimizer(cfg, params) if params else None
-        n_active = stream.active_outputs(t)
-        n = len(y)
-        t0 = time.perf_counter()
-        model.train()
-        for epoch in range(cfg.epochs_for(t)):
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + t * 1_009 + epoch)
-            order = torch.randperm(n, generator=g).to(dev)
-            loss_sum = torch.zeros((), device=dev)
-            if opt is not None:
-                for i in range(0, n, cfg.batch_size):
-                    idx = order[i:i + cfg.batch_size]
-                    hb = heads[idx] if isinstance(heads, Tensor) else heads
-                    logits, hidden = model(x[idx], hb, return_hidden=True)
-                    loss = F.cross_entropy(logits[:, :n_active], y[idx])
-                    extra = strategy.penalty(model, t, hidden)
-                    if extra is not None:
-                        loss = loss + extra
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    loss_sum += loss.detach()
-            if not torch.isfinite(loss_sum):
-                raise NonFiniteLossError(
-                    f"the training loss became {loss_sum.item()} in task {t} ({stream[t].name}), epoch {epoch}: "
-                    f"the learning rate ({cfg.lr}) or a regularisation strength (lambda) is probably too large. "
-                    f"Lower it and run again.")
-            if cfg.eval_every_epoch:
-                curves.append({"task": t, "epoch": epoch, "acc": evaluate(model, stream, t, cfg.eval_batch_size)})
-            bar.update(1)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        timings["train_s"].append(time.perf_counter() - t0)
-        strategy.after_task(model, stream, t)
-        t1 = time.perf_counter()
-        acc.append(evaluate(model, stream, t, cfg.eval_batch_size))
-        timings["eval_s"].append(time.perf_counter() - t1)
-        if ckpt is not None:
-            ckpt.save({"task": t, "model": model.state_dict(), "strategy": strategy.state_dict(),
-                       "requires_grad": [p.requires_grad for p in model.parameters()],
-                       "acc": acc, "curves": curves, "timings": timings})
-        if stop_after_task is not None and t >= stop_after_task and t < T - 1:
-            break
+    with _flush_denormal(cfg.flush_denormal and dev.type == "cpu"):
+        for t in range(start, T):
+            x, y, heads = strategy.train_data(stream, t)
+            strategy.before_task(model, stream, t)
+            params = _trainable(model, stream, heads)
+            opt = _make_optimizer(cfg, params) if params else None
+            n_active = stream.active_outputs(t)
+            n = len(y)
+            t0 = time.perf_counter()
+            model.train()
+            for epoch in range(cfg.epochs_for(t)):
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + t * 1_009 + epoch)
+                order = torch.randperm(n, generator=g).to(dev)
+                loss_sum = torch.zeros((), device=dev)
+                if opt is not None:
+                    for i in range(0, n, cfg.batch_size):
+                        idx = order[i:i + cfg.batch_size]
+                        hb = heads[idx] if isinstance(heads, Tensor) else heads
+                        logits, hidden = model(x[idx], hb, return_hidden=True)
+                        loss = F.cross_entropy(logits[:, :n_active], y[idx])
+                        extra = strategy.penalty(model, t, hidden)
+                        if extra is not None:
+                            loss = loss + extra
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        loss_sum += loss.detach()
+                if not torch.isfinite(loss_sum):
+                    raise NonFiniteLossError(
+                        f"the training loss became {loss_sum.item()} in task {t} ({stream[t].name}), epoch {epoch}: "
+                        f"the learning rate ({cfg.lr}) or a regularisation strength (lambda) is probably too large. "
+                        f"Lower it and run again.")
+                if cfg.eval_every_epoch:
+                    curves.append({"task": t, "epoch": epoch, "acc": evaluate(model, stream, t, cfg.eval_batch_size)})
+                bar.update(1)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            timings["train_s"].append(time.perf_counter() - t0)
+            strategy.after_task(model, stream, t)
+            t1 = time.perf_counter()
+            acc.append(evaluate(model, stream, t, cfg.eval_batch_size))
+            timings["eval_s"].append(time.perf_counter() - t1)
+            if ckpt is not None:
+                ckpt.save({"task": t, "model": model.state_dict(), "strategy": strategy.state_dict(),
+                           "requires_grad": [p.requires_grad for p in model.parameters()],
+                           "acc": acc, "curves": curves, "timings": timings})
+            if stop_after_task is not None and t >= stop_after_task and t < T - 1:
+                break
     bar.close()
     timings["total_s"] = float(sum(timings["train_s"]) + sum(timings["eval_s"]))
     timings["device"] = str(dev)

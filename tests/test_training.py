@@ -133,3 +133,20 @@ def test_mixed_head_forward_equals_per_head():
         assert torch.allclose(mixed[i], model(x[i:i + 1], int(heads[i]))[0])
     with pytest.raises(IndexError, match="3 head"):
         model(x, 3)
+
+
+def test_flush_denormal_is_on_only_while_training(digits):
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a subnormal float32
+    seen = []
+
+    class Probe(cl.Strategy):
+        def before_task(self, model, stream, t):
+            seen.append(bool((tiny * 1.0 == 0).item()))
+
+    stream = cl.permuted(digits, n_tasks=2)
+    cfg = cl.TrainConfig(epochs=1, flush_denormal=True)
+    cl.train_stream(cl.MLP(64, (8,), 10), stream, Probe(), cfg, device="cpu", progress=False)
+    assert seen == [True, True]  # subnormals read as zero during training
+    assert (tiny * 1.0).item() != 0  # and the process is back to IEEE behaviour afterwards
+    cl.train_stream(cl.MLP(64, (8,), 10), stream, Probe(), cl.TrainConfig(epochs=1), device="cpu", progress=False)
+    assert seen[2:] == [False, False]  # off by default
