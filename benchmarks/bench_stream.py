@@ -8,7 +8,14 @@
    lazy stream and on the materialised form of the same stream, interleaved, in this one process.
    Reports the median time per training step of each and their ratio (target <= 1.05), the
    whole run's wall time (permuting on read and evaluation included), and checks that both give
-   the same accuracy matrix bit for bit.  Run with nothing else heavy on the machine:
+   the same accuracy matrix bit for bit.  The steps cost the same (the trainer indexes a plain tensor
+   either way); the whole run pays for permuting each task's training set once when it is read and
+   each test set at every evaluation (about 0.13 s and 0.02 s for MNIST on one CPU thread).
+
+Measured (2-core shared CPU, 1 thread, 3 tasks, 5 repeats): 100-task stream adds 0.60 MB (21.9 GB
+before); step 1.183 vs 1.163 ms (ratio 1.017); whole run 2.49 vs 1.90 s (1.31x, one epoch per task).
+
+Run with nothing else heavy on the machine:
 
     CLUTILS_DATA=/path/to/data OMP_NUM_THREADS=1 python benchmarks/bench_stream.py [--tasks 3] [--repeats 5]
 """
@@ -67,7 +74,7 @@ def main() -> None:
     added = big.storage_bytes() - base
     old = args.build_tasks * (ds.x_train.numel() + ds.x_test.numel()) * 4
     print(f"{args.build_tasks}-task permuted {args.dataset}: built in {build_s:.3f} s, adds {added / 2**20:.2f} MB "
-          f"of tensor storage beyond the dataset ({base / 2**20:.0f} MB), RSS +{rss_mb() - r0:.1f} MB; "
+          f"of tensor storage beyond the dataset ({base / 2**20:.0f} MB), RSS {rss_mb() - r0:+.1f} MB; "
           f"one copy per task would hold {old / 2**30:.1f} GB")
     del big
 
