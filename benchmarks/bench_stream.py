@@ -2,7 +2,7 @@
 
 1. Memory: build a 100-task permuted MNIST stream and report the bytes of the distinct tensor
    storages it holds beyond the dataset's own tensors (target < 100 MB; one permuted copy per
-   task, the old form, would hold 100 x 70000 x 784 x 4 B = 21.9 GB), plus the process's
+   task, the old form, would hold 100 x 70000 x 784 x 4 B = 20.4 GiB), plus the process's
    resident-memory growth.
 2. Speed: the same naive run (MLP 784-100-100-10, batch 128, SGD, one epoch per task) on a
    lazy stream and on the materialised form of the same stream, interleaved, in this one process.
@@ -12,7 +12,7 @@
    either way); the whole run pays for permuting each task's training set once when it is read and
    each test set at every evaluation (about 0.13 s and 0.02 s for MNIST on one CPU thread).
 
-Measured (2-core shared CPU, 1 thread, 3 tasks, 5 repeats): 100-task stream adds 0.60 MB (21.9 GB
+Measured (2-core shared CPU, 1 thread, 3 tasks, 5 repeats): 100-task stream adds 0.60 MB (20.4 GiB
 before); step 1.183 vs 1.163 ms (ratio 1.017); whole run 2.49 vs 1.90 s (1.31x, one epoch per task).
 
 Run with nothing else heavy on the machine:
@@ -75,7 +75,7 @@ def main() -> None:
     old = args.build_tasks * (ds.x_train.numel() + ds.x_test.numel()) * 4
     print(f"{args.build_tasks}-task permuted {args.dataset}: built in {build_s:.3f} s, adds {added / 2**20:.2f} MB "
           f"of tensor storage beyond the dataset ({base / 2**20:.0f} MB), RSS {rss_mb() - r0:+.1f} MB; "
-          f"one copy per task would hold {old / 2**30:.1f} GB")
+          f"one copy per task would hold {old / 2**30:.1f} GiB")
     del big
 
     lazy = cl.permuted(ds, n_tasks=args.tasks)
