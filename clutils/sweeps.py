@@ -35,7 +35,7 @@ from torch import nn
 from .data import Stream, make_stream
 from .results import RunResult
 from .strategies import Strategy
-from .training import TrainConfig, seed_everything, train_stream
+from .training import TrainConfig, resolve_device, seed_everything, train_stream
 
 __all__ = ["sweep", "run_seeds", "run_many", "RunSpec", "RunFailure", "sweep_table", "best_value", "METRICS"]
 
@@ -76,7 +76,9 @@ class RunFailure:
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
-        what = ", ".join(f"{k}={v}" for k, v in self.extras.items()) or "no extras"
+        ex = self.extras
+        keys = ("configuration", "seed") if "configuration" in ex else tuple(ex)
+        what = ", ".join(f"{k}={ex[k]}" for k in keys if k in ex) or "no extras"
         return f"run {self.index} ({what}) failed: {self.error}"
 
 
@@ -86,24 +88,29 @@ _INIT_LOCK = threading.Lock()
 _STREAMS: dict[str, Stream] = {}  # recipe -> stream, per process (a worker builds each stream once)
 
 
-def _resolve_stream(stream: Stream | dict) -> Stream:
+def _resolve_stream(stream: Stream | dict, device: str = "cpu") -> Stream:
+    """A recipe's stream, built once per process and device (on a GPU: the data lives there)."""
     if isinstance(stream, Stream):
         return stream
-    key = json.dumps(stream, sort_keys=True, default=str)
+    dev = str(resolve_device(device))
+    key = json.dumps([stream, dev], sort_keys=True, default=str)
     if key not in _STREAMS:
-        if len(_STREAMS) >= 2:  # a sweep uses one stream; keep memory bounded when several are mixed
+        if len(_STREAMS) >= 3:  # a sweep uses one stream; keep memory bounded when several are mixed
             _STREAMS.pop(next(iter(_STREAMS)))
-        _STREAMS[key] = make_stream(**stream)
+        _STREAMS[key] = make_stream(**stream, device=dev)
     return _STREAMS[key]
 
 
 def execute(spec: RunSpec) -> RunResult:
     """Run one :class:`RunSpec` here (what every worker does)."""
     with _INIT_LOCK:
-        stream = _resolve_stream(spec.stream)
+        stream = _resolve_stream(spec.stream, spec.device)
         seed_everything(spec.seed)
         model = spec.make_model()
     kwargs = {} if spec.cache_dir is None else {"cache_dir": spec.cache_dir}
+    import inspect  # TEMP until the re-cut's cache lands
+    if "cache_dir" not in inspect.signature(train_stream).parameters:
+        kwargs = {}
     res = train_stream(model, stream, spec.strategy, spec.cfg, device=spec.device, progress=False, **kwargs)
     res.extras.update(spec.extras)
     return res
