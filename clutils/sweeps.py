@@ -108,9 +108,6 @@ def execute(spec: RunSpec) -> RunResult:
         seed_everything(spec.seed)
         model = spec.make_model()
     kwargs = {} if spec.cache_dir is None else {"cache_dir": spec.cache_dir}
-    import inspect  # TEMP until the re-cut's cache lands
-    if "cache_dir" not in inspect.signature(train_stream).parameters:
-        kwargs = {}
     res = train_stream(model, stream, spec.strategy, spec.cfg, device=spec.device, progress=False, **kwargs)
     res.extras.update(spec.extras)
     return res

@@ -160,8 +160,6 @@ def test_run_seeds_sets_weights_and_batches_per_seed():
 
 
 def test_results_land_in_the_cache_and_a_second_sweep_reloads(tmp_path):
-    if "cache_dir" not in __import__("inspect").signature(train_stream).parameters:
-        pytest.skip("train_stream has no result cache in this version")
     first = sweep([0.0, 0.5], l2, perm_model, PERM, PCFG, device="cpu", cache_dir=tmp_path)
     again = sweep([0.0, 0.5], l2, perm_model, PERM, PCFG, device="cpu", cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == 2
