@@ -31,6 +31,12 @@ def ewc(lam: float):
     return cl.EWC(lam, n_samples=1000)
 
 
+def _warm() -> None:
+    import torch._dynamo  # noqa: F401  (what torch.optim's first constructor imports)
+
+    import clutils  # noqa: F401
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="mnist")
@@ -52,6 +58,7 @@ def main() -> None:
                                args.device, extras={"value": lam, "seed": s}) for lam in args.lams for s in args.seeds]
 
     torch.set_num_threads(2)
+    _warm()  # the first optimiser built in a process imports torch._dynamo (~4 s): not a sweep cost
     sweeps._STREAMS.clear()
     t0 = time.perf_counter()
     serial = sweeps.run_many(specs(), progress=False, on_error="return")
@@ -60,7 +67,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=40) as cluster, distributed.Client(cluster) as client:
-        client.run(lambda: __import__("clutils") and None)  # workers import torch + clutils: part of start-up
+        client.run(_warm)  # workers import torch, clutils, torch._dynamo: part of start-up
         t_start = time.perf_counter() - t0
         threads = client.run(torch.get_num_threads)
         t0 = time.perf_counter()

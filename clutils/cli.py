@@ -563,6 +563,8 @@ def _run(args) -> int:
 
     exp = load_experiment(args.experiment)
     if args.device:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", args.device):
+            raise ExperimentError(f"--device {args.device!r}: use auto, cpu or cuda (cuda:N).")
         exp.device = args.device
     out = args.out or Path("results") / exp.path.stem
     if args.dry_run:

@@ -113,8 +113,8 @@ def execute(spec: RunSpec) -> RunResult:
     return res
 
 
-def _execute_pickled(payload: bytes) -> RunResult:
-    return execute(pickle.loads(payload))
+def _execute_pickled(payload: bytes, stream: Stream | dict) -> RunResult:
+    return execute(dataclasses.replace(pickle.loads(payload), stream=stream))
 
 
 def _dumps(spec: RunSpec) -> bytes:
@@ -186,7 +186,11 @@ def run_many(specs: Sequence[RunSpec], *, executor: Executor | None = None, prog
                 except Exception as err:  # noqa: BLE001 - reported with the run's configuration
                     record(i, None, err)
         else:
-            futures: dict[Future, int] = {executor.submit(_execute_pickled, _dumps(s)): i for i, s in enumerate(specs)}
+            # the stream travels as its own argument: the executor pickles the one object when it sends a job,
+            # instead of every pending job holding its own serialised copy of the images
+            futures: dict[Future, int] = {
+                executor.submit(_execute_pickled, _dumps(dataclasses.replace(s, stream={})), s.stream): i
+                for i, s in enumerate(specs)}
             for fut in as_completed(futures):
                 err = fut.exception()
                 record(futures[fut], None if err else fut.result(), err)

@@ -107,6 +107,8 @@ def test_bad_files_name_file_key_and_fix_before_any_run(tmp_path, capsys, change
 def test_missing_file_and_unreachable_scheduler(tmp_path):
     with pytest.raises(cli.ExperimentError, match=r"nope\.toml: no such experiment file"):
         cli.load_experiment(tmp_path / "nope.toml")
+    assert cli.main(["run", str(write(tmp_path, TINY)), "--device", "gpu", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
     pytest.importorskip("distributed")
     with pytest.raises(cli.ExperimentError, match=r"cannot reach a Dask scheduler there.*--scheduler local:N"):
         cli.dask_executor("tcp://127.0.0.1:9", timeout="1s")
