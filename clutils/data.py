@@ -27,7 +27,7 @@ from torch import Tensor
 
 __all__ = [
     "DATASETS", "SCENARIOS", "STREAMS", "Dataset", "Task", "Stream", "data_root",
-    "load_dataset", "permuted", "split", "disjoint", "make_stream",
+    "load_dataset", "permuted", "split", "disjoint", "make_stream", "hold_out",
 ]
 
 DATASETS = ("mnist", "fashion_mnist", "digits")
@@ -163,7 +163,7 @@ class Task:
 
     def __init__(self, id: int, name: str, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
                  classes: tuple[int, ...], perm: Tensor | None = None, label_offset: int = 0,
-                 memo: _Memo | None = None) -> None:
+                 memo: _Memo | None = None, x_val: Tensor | None = None, y_val: Tensor | None = None) -> None:
         self.id = id
         self.name = name
         self.classes = tuple(classes)  # original dataset classes in this task
@@ -171,6 +171,10 @@ class Task:
         self.label_offset = int(label_offset)
         self._x = {"train": x_train, "test": x_test}
         self._y = {"train": y_train, "test": y_test}
+        if (x_val is None) != (y_val is None):
+            raise ValueError("give both x_val and y_val, or neither.")
+        if x_val is not None:
+            self._x["val"], self._y["val"] = x_val, y_val
         self._memo = memo if memo is not None else _Memo()
 
     def _images(self, split: str) -> Tensor:
@@ -185,6 +189,21 @@ class Task:
     x_test = property(lambda self: self._images("test"), doc="(N, D) test images of this task.")
     y_train = property(lambda self: self._labels("train"), doc="(N,) training targets of this task.")
     y_test = property(lambda self: self._labels("test"), doc="(N,) test targets of this task.")
+    x_val = property(lambda self: self._images("val") if "val" in self._x else None,
+                     doc="(N, D) validation images held out of the training set (None without a validation split).")
+    y_val = property(lambda self: self._labels("val") if "val" in self._y else None,
+                     doc="(N,) validation targets (None without a validation split).")
+
+    @property
+    def has_val(self) -> bool:
+        return "val" in self._x
+
+    def split(self, which: str) -> tuple[Tensor, Tensor]:
+        """``(x, y)`` of ``"train"``, ``"val"`` or ``"test"``."""
+        if which not in self._x:
+            raise ValueError(f"task {self.name} has no {which!r} split"
+                             + ("; build the stream with make_stream(..., val_fraction=0.1)." if which == "val" else "."))
+        return self._images(which), self._labels(which)
 
     @property
     def n_train(self) -> int:
@@ -209,9 +228,10 @@ class Task:
                 moved[id(x)] = x.to(device)
             return moved[id(x)]
 
+        val = (mv(self._x["val"]), mv(self._y["val"])) if self.has_val else (None, None)
         return Task(self.id, self.name, mv(self._x["train"]), mv(self._y["train"]), mv(self._x["test"]),
                     mv(self._y["test"]), self.classes, None if self.perm is None else mv(self.perm),
-                    self.label_offset, memo)
+                    self.label_offset, memo, *val)
 
     def __repr__(self) -> str:
         kind = "" if self.perm is None else ", permuted"
@@ -255,6 +275,11 @@ class Stream:
         memo = _Memo()
         tasks = [t.to(device, moved, memo) for t in self.tasks]
         return Stream(self.name, self.scenario, tasks, self.n_features, self.n_outputs, self.n_heads, dict(self.description))
+
+    @property
+    def has_val(self) -> bool:
+        """Every task holds a validation split (``make_stream(..., val_fraction=...)``)."""
+        return all(t.has_val for t in self.tasks)
 
     def storage_bytes(self) -> int:
         """Bytes of the distinct tensor storages the tasks hold (shared images counted once, cached copies not)."""
@@ -381,14 +406,58 @@ def permuted(ds: Dataset, n_tasks: int = 10, seed: int = 0, first_unpermuted: bo
                    "first_unpermuted": first_unpermuted, "scenario": scenario})
 
 
+def _stratified_holdout(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """``(train_idx, val_idx)``: ``round(fraction * n_c)`` seeded random samples of every class ``c`` held out."""
+    g = torch.Generator().manual_seed(int(seed))
+    y_cpu = y.cpu()
+    val = []
+    for c in torch.unique(y_cpu).tolist():  # one draw per class, not per sample
+        idx = (y_cpu == c).nonzero().squeeze(1)
+        val.append(idx[torch.randperm(len(idx), generator=g)[: round(fraction * len(idx))]])
+    keep = torch.ones(len(y_cpu), dtype=torch.bool)
+    val_idx = torch.cat(val).sort().values
+    keep[val_idx] = False
+    return keep.nonzero().squeeze(1).to(y.device), val_idx.to(y.device)
+
+
+def hold_out(stream: Stream, fraction: float, seed: int = 0) -> Stream:
+    """The stream with a seeded, class-stratified ``fraction`` of each task's training set held out as ``x_val, y_val``.
+
+    Validation images are never trained on; hyper-parameters are chosen on them, and the test
+    sets are used once, for the chosen setting.  In a permuted stream every task holds out the
+    same images (the split is made once on the shared images, so memory stays flat).
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be a number in (0, 1), e.g. 0.1; got {fraction!r}.")
+    if stream.has_val:
+        raise ValueError("the stream already holds a validation split.")
+    splits: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}  # shared images are split once
+    tasks = []
+    for t in stream:
+        xb, yb = t._x["train"], t._y["train"]
+        if id(xb) not in splits:
+            tr, va = _stratified_holdout(yb, fraction, seed)
+            splits[id(xb)] = (xb[tr], yb[tr], xb[va], yb[va])
+        x_tr, y_tr, x_va, y_va = splits[id(xb)]
+        tasks.append(Task(t.id, t.name, x_tr, y_tr, t._x["test"], t._y["test"], t.classes, t.perm,
+                          t.label_offset, t._memo, x_va, y_va))
+    return Stream(stream.name, stream.scenario, tasks, stream.n_features, stream.n_outputs, stream.n_heads,
+                  {**stream.description, "val_fraction": float(fraction), "val_seed": int(seed)})
+
+
 def make_stream(kind: str, dataset: str | Dataset = "mnist", *, scenario: str | None = None,
-                root: str | os.PathLike | None = None, device: str | torch.device | None = None, **kwargs) -> Stream:
+                root: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                val_fraction: float = 0.0, val_seed: int = 0, **kwargs) -> Stream:
     """Build a stream by name: ``make_stream("split", "mnist", scenario="class")``.
 
     ``kwargs`` go to :func:`permuted`, :func:`split` or :func:`disjoint`.  Names are
     checked before any data is loaded.  ``device=None`` keeps a given ``Dataset`` where
-    it is (a name is loaded on the CPU).
+    it is (a name is loaded on the CPU).  ``val_fraction > 0`` holds out that fraction of
+    every task's training set for validation (:func:`hold_out`, seeded by ``val_seed``).
     """
+    if val_fraction:
+        stream = make_stream(kind, dataset, scenario=scenario, root=root, device=device, **kwargs)
+        return hold_out(stream, val_fraction, val_seed)
     kind = _check_name(kind, STREAMS, "stream")
     if scenario is not None:
         kwargs["scenario"] = _check_name(scenario, SCENARIOS, "scenario")
