@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from clutils.book import (RECORDS_DIR, pooled_accuracy, read_run_records, run_with_value, status_markdown,
-                          tagged_source, write_run_record)
+from clutils.book import RECORDS_DIR, read_run_records, status_markdown, write_run_record
 from conftest import BOOK, chapter_notebooks, toc_documents
 
 RECORDS = BOOK / RECORDS_DIR
@@ -55,22 +54,3 @@ def test_run_record_rejects_bad_input(tmp_path):
         write_run_record("02_ewc", "full", "cpu", float("nan"), directory=tmp_path)
     with pytest.raises(FileNotFoundError, match="papermill"):
         read_run_records(tmp_path / "missing")
-
-
-def test_pooled_accuracy_weights_tasks_by_test_size():
-    assert pooled_accuracy([1.0, 0.0, 0.5], [100, 300, 200]) == pytest.approx((100 + 100) / 600)
-    with pytest.raises(ValueError, match="one accuracy per task"):
-        pooled_accuracy([1.0, 0.5], [100])
-
-
-def test_run_with_value_and_tagged_source():
-    class R:
-        def __init__(self, v):
-            self.extras = {"value": v}
-    runs = [R(1.0), R(10.0)]
-    assert run_with_value(runs, 10.0) is runs[1]
-    with pytest.raises(KeyError, match="no run with value 3"):
-        run_with_value(runs, 3.0)
-    assert "def gd(" in tagged_source(BOOK / "01_forgetting.ipynb", "from-scratch")
-    with pytest.raises(LookupError, match="no code cell is tagged"):
-        tagged_source(BOOK / "01_forgetting.ipynb", "no-such-tag")
