@@ -1,4 +1,4 @@
-"""A run's record -- configuration, accuracy matrix, timings -- as plain JSON."""
+"""A run's record -- configuration, accuracy matrix, timings -- as plain JSON, and the result cache's reader."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,11 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["RunResult"]
+__all__ = ["RunResult", "CacheError", "load_cached"]
+
+
+class CacheError(RuntimeError):
+    """A result-cache file cannot be read."""
 
 
 @dataclass
@@ -27,6 +31,7 @@ class RunResult:
     timings: dict = field(default_factory=dict)
     curves: list[dict] = field(default_factory=list)
     extras: dict = field(default_factory=dict)
+    from_cache: bool = field(default=False, compare=False)  # loaded from the result cache, not trained
 
     @property
     def R(self) -> np.ndarray:
@@ -40,7 +45,9 @@ class RunResult:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
+        record = asdict(self)
+        del record["from_cache"]
+        tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, path)
         return path
 
@@ -48,3 +55,18 @@ class RunResult:
     def load(cls, path: str | os.PathLike) -> "RunResult":
         d = json.loads(Path(path).read_text())
         return cls(**d)
+
+
+def load_cached(path: str | os.PathLike) -> RunResult | None:
+    """The cached run at ``path`` (``from_cache=True``), ``None`` if there is none; a clear error if it is unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        res = RunResult.load(path)
+        np.asarray(res.acc, dtype=float)  # ragged or non-numeric rows fail here, not later
+    except Exception as err:
+        raise CacheError(f"the result-cache file {path} is unreadable ({type(err).__name__}: {err}); it may be "
+                         f"truncated or corrupt. Delete it and run again (the run will be retrained).") from None
+    res.from_cache = True
+    return res
