@@ -88,9 +88,8 @@ def test_ch2_scratch_penalty_matches_quadratic_penalty():
     ours = ns["ewc_penalty"](net, anchor, omega, 7.0)
     fast = cl.quadratic_penalty(net, anchor, omega, 7.0)
     torch.testing.assert_close(ours, fast.to(ours.dtype), rtol=1e-9, atol=1e-12)
-    expected = 3.5 * sum(float((omega[n] * 0.0 + omega[n] * (p.detach() - anchor[n]) ** 2).sum())
-                         for n, p in net.named_parameters())
-    assert math.isclose(float(ours), expected, rel_tol=1e-12)
+    expected = 3.5 * sum(float((omega[n] * (p.detach() - anchor[n]) ** 2).sum()) for n, p in net.named_parameters())
+    assert math.isclose(float(ours.detach()), expected, rel_tol=1e-12)  # lam/2 sum Omega (theta - theta*)^2
 
 
 # ----------------------------------------------------------------------------- chapter 3: MAS
