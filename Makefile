@@ -13,7 +13,7 @@ MATHJAX  := _vendor/site/mathjax
 # fonts, the TeX extensions it may autoload, the menu and accessibility pieces.
 MATHJAX_PARTS := tex-chtml.js input output/chtml ui a11y adaptors
 
-.PHONY: all venv mathjax chromium book test clean
+.PHONY: all venv mathjax chromium book test gpu-check clean
 
 all: book
 
@@ -48,6 +48,15 @@ book: venv mathjax
 
 test: venv mathjax chromium
 	$(PY) -m pytest -q
+
+# On a machine with a CUDA GPU: the CUDA tests (device-parametrised; they skip elsewhere) and the
+# benchmarks on CUDA.  Needs MNIST under $$CLUTILS_DATA for the benchmarks.
+gpu-check: venv
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: no CUDA device here')"
+	$(PY) -m pytest -q -k "cuda" tests/test_importance.py tests/test_resume.py tests/test_training.py
+	$(PY) benchmarks/bench_training.py --device cuda
+	$(PY) benchmarks/bench_step.py --device cuda
+	$(PY) benchmarks/bench_importance.py --device cuda
 
 clean:
 	rm -rf _build _vendor

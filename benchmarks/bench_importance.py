@@ -25,7 +25,7 @@ import torch
 
 import clutils
 from clutils.data import Stream, Task
-from clutils.importance import fisher_diagonal, hebbian_importance, mas_importance
+from clutils import fisher_diagonal, hebbian_importance, mas_importance
 
 
 def _sync(dev: torch.device) -> None:
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--root", default=None, help="data folder (default: $CLUTILS_DATA)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=1024, help="chunk size of the estimators")
+    ap.add_argument("--chunk-size", type=int, default=1024, help="samples per pass of the exact estimators (memory)")
     args = ap.parse_args()
     dev = clutils.resolve_device(args.device)
     ds = clutils.load_dataset("mnist", root=args.root, device=dev)
@@ -71,7 +71,7 @@ def main() -> None:
     ep = epoch_time(lambda: clutils.MLP(784, (100, 100), 10), stream10, 128, dev, args.repeat)
     clutils.seed_everything(0)
     model = clutils.MLP(784, (100, 100), 10).to(dev)
-    bs = args.batch_size
+    bs = args.chunk_size
     rows = [("epoch, batch 128 (train_stream, SGD)", ep, None)]
     for label, kw, target in [
         ("Fisher empirical (exact per-sample)", dict(kind="empirical"), 2),
@@ -80,7 +80,7 @@ def main() -> None:
         ("Fisher batched, batch 128 (biased)", dict(kind="batched", batch_size=128), None),
         ("Fisher batched, batch 1024 (biased)", dict(kind="batched", batch_size=1024), None),
     ]:
-        kw = {"batch_size": bs, **kw}
+        kw = {"chunk_size": bs, **kw}
         t = best_time(lambda: fisher_diagonal(model, x, y, **kw), dev, args.repeat)
         rows.append((label, t, target))
     _report("MLP 784-100-100-10 on 60,000 MNIST images", rows)
@@ -93,9 +93,9 @@ def main() -> None:
     model2 = clutils.MLP(784, (256, 256), 2).to(dev)
     rows = [("epoch, batch 200 (train_stream, SGD)", ep2, None)]
     for label, fn, target in [
-        ("MAS per-sample (exact, the paper's)", lambda: mas_importance(model2, x, batch_size=bs), 2),
+        ("MAS per-sample (exact, the paper's)", lambda: mas_importance(model2, x, chunk_size=bs), 2),
         ("MAS batch, batch 200 (released code's)", lambda: mas_importance(model2, x, kind="batch", batch_size=200), None),
-        ("MAS Hebbian (local)", lambda: hebbian_importance(model2, x, batch_size=bs), None),
+        ("MAS Hebbian (local)", lambda: hebbian_importance(model2, x, chunk_size=bs), None),
     ]:
         rows.append((label, best_time(fn, dev, args.repeat), target))
     _report("MLP 784-256-256-2 on 60,000 MNIST images", rows)

@@ -1,15 +1,24 @@
-"""clutils: small, tested building blocks for the continual-learning book."""
+"""clutils: small, tested building blocks for the continual-learning book.
+
+One module per idea: ``consolidation`` (the quadratic penalty), ``ewc`` (chapter 2), ``mas``
+(chapter 3), ``selfless`` (chapter 4), on top of ``data``, ``models``, ``strategies``,
+``training`` and the per-sample gradient engine ``per_sample``.
+"""
+__version__ = "0.2.0"
+
 from .book import choose_profile, glue
 from .data import Dataset, Stream, Task, disjoint, load_dataset, make_stream, permuted, split
 from .metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, intransigence, summary
-from .importance import fisher_diagonal, hebbian_importance, mas_importance, neuron_importance
-from .inhibition import SSL
-from .models import MLP
-from .plotting import plot_accuracy_matrix, plot_task_curves, plot_training_curves
-from .penalties import EWC, L2, MAS, Consolidation, quadratic_penalty
-from .results import RunResult
+from .models import MLP, ContinualModel
 from .strategies import Compose, FreezeFeatures, Joint, Naive, Strategy
+from .consolidation import L2, Consolidation, quadratic_penalty
+from .ewc import EWC, fisher_diagonal
+from .mas import MAS, hebbian_importance, mas_importance
+from .selfless import (SSL, active_neurons, coactivation, decov, gaussian_neighbourhood, importance_discount, l1_rep,
+                       mean_activation, neuron_importance, slni, sni)
+from .plotting import plot_accuracy_matrix, plot_task_curves, plot_training_curves
+from .results import CacheError, RunResult
+from .baselines import count_parameters, memory_cost, separate_models
+from .sweeps import best_value, sweep, sweep_table
 from . import toy
-from .training import NonFiniteLossError, TrainConfig, evaluate, resolve_device, seed_everything, train_stream
-
-__version__ = "0.1.0"
+from .training import NonFiniteLossError, TrainConfig, evaluate, resolve_device, seed_everything, train_step, train_stream

@@ -17,6 +17,7 @@ from typing import Callable
 from torch import nn
 
 from .data import Stream, Task
+from .models import check_model
 from .results import RunResult
 from .strategies import Naive
 from .training import TrainConfig, evaluate, resolve_device, train_stream
@@ -55,7 +56,7 @@ def separate_models(make_model: Callable[[], nn.Module], stream: Stream, cfg: Tr
     dev = resolve_device(device)
     models = [make_model() for _ in range(len(stream))]
     for m in models:
-        if getattr(m, "n_heads", 1) != 1:
+        if check_model(m).n_heads != 1:
             raise ValueError(f"make_model must build single-head models (one model per task), got {m.n_heads} heads.")
     subs = [_single_task_stream(stream, j) for j in range(len(stream))]
     init_acc, final_acc, timings = [], [], {"train_s": [], "eval_s": []}
@@ -86,12 +87,9 @@ def memory_cost(method: str, model: nn.Module, stream: Stream) -> dict:
     """
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}.")
-    P = count_parameters(model)
-    heads = getattr(model, "heads", None)
+    P = count_parameters(check_model(model))
     if method == "separate":
-        if heads is not None:
-            one_head = count_parameters(heads[0])
-            P = P - count_parameters(heads) + one_head
-        return {"parameters": len(stream) * P, "examples": 0}
+        heads = [sum(p.numel() for p in model.head_parameters(j)) for j in range(model.n_heads)]
+        return {"parameters": len(stream) * (P - sum(heads) + heads[0]), "examples": 0}
     examples = sum(t.n_train for t in stream) if method == "joint" else 0
     return {"parameters": P, "examples": examples}

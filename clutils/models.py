@@ -6,14 +6,50 @@ importance from them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from ._checks import check_int, check_int_sequence
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "ContinualModel", "check_model"]
+
+
+@runtime_checkable
+class ContinualModel(Protocol):
+    """What the trainer and the strategies need from a model (:class:`MLP` is one).
+
+    ``model(x, task, return_hidden=False)`` gives the logits of head ``task`` (an int, or a long
+    tensor of per-sample heads), and with ``return_hidden=True`` also the list of hidden
+    activations that activation regularisers see.
+    """
+
+    n_heads: int
+    in_features: int
+    out_features: int
+
+    def __call__(self, x: Tensor, task: int | Tensor = 0, return_hidden: bool = False): ...
+
+    def features(self, x: Tensor) -> list[Tensor]: ...
+
+    def head(self, h: Tensor, task: int | Tensor = 0) -> Tensor: ...
+
+    def shared_parameters(self) -> list[nn.Parameter]: ...
+
+    def head_parameters(self, task: int) -> list[nn.Parameter]: ...
+
+
+def check_model(model: object) -> ContinualModel:
+    """``model`` if it follows :class:`ContinualModel`, else a clear error naming what is missing."""
+    if not isinstance(model, ContinualModel):
+        wanted = ["n_heads", "in_features", "out_features", "features", "head", "shared_parameters",
+                  "head_parameters"]
+        missing = [a for a in wanted if not hasattr(model, a)]
+        raise TypeError(f"{type(model).__name__} does not follow the model contract (clutils.ContinualModel): "
+                        f"it lacks {missing}. Use clutils.MLP, or give your nn.Module these attributes and "
+                        f"forward(x, task=0, return_hidden=False).")
+    return model
 
 
 class MLP(nn.Module):

@@ -1,4 +1,4 @@
-"""A run's record -- configuration, accuracy matrix, timings -- as plain JSON."""
+"""A run's record -- configuration, accuracy matrix, timings -- as plain JSON, and the result cache's reader."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,12 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["RunResult"]
+__all__ = ["RunResult", "CacheError", "load_cached"]
+
+
+class CacheError(RuntimeError):
+    """A result-cache file cannot be read."""
+
 
 FORMAT = 1  # version of the JSON layout written by RunResult.save; files without one are format 1
 
@@ -29,6 +34,7 @@ class RunResult:
     timings: dict = field(default_factory=dict)
     curves: list[dict] = field(default_factory=list)
     extras: dict = field(default_factory=dict)
+    from_cache: bool = field(default=False, compare=False)  # loaded from the result cache, not trained
 
     @property
     def R(self) -> np.ndarray:
@@ -45,7 +51,9 @@ class RunResult:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "clutils_version": __version__, **asdict(self)}, indent=1))
+        record = asdict(self)
+        del record["from_cache"]
+        tmp.write_text(json.dumps({"format": FORMAT, "clutils_version": __version__, **record}, indent=1))
         os.replace(tmp, path)
         return path
 
@@ -72,7 +80,7 @@ class RunResult:
         if fmt != FORMAT:
             raise ValueError(f"{path} was written by clutils {version} in record format {fmt!r}; this clutils "
                              f"reads format {FORMAT}. Load it with that version, or run again to rewrite it.")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"from_cache"}  # set by load_cached, never stored
         required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
         missing, unknown = sorted(required - set(d)), sorted(set(d) - known)
         if missing or unknown:
@@ -105,3 +113,18 @@ def _check_acc(acc: list, path: Path) -> None:
     if acc and len(acc) > len(acc[0]):
         raise ValueError(f"{path}: the accuracy matrix has {len(acc)} rows (tasks trained) but only "
                          f"{len(acc[0])} columns (tasks); the file is damaged. Run again to rewrite it.")
+
+
+def load_cached(path: str | os.PathLike) -> RunResult | None:
+    """The cached run at ``path`` (``from_cache=True``), ``None`` if there is none; a clear error if it is unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        res = RunResult.load(path)
+        np.asarray(res.acc, dtype=float)  # ragged or non-numeric rows fail here, not later
+    except Exception as err:
+        raise CacheError(f"the result-cache file {path} is unreadable ({type(err).__name__}: {err}); it may be "
+                         f"truncated or corrupt. Delete it and run again (the run will be retrained).") from None
+    res.from_cache = True
+    return res

@@ -1,18 +1,20 @@
 """Sequential training of a stream, task by task, with a pluggable strategy.
 
-Batches are drawn by index from tensors already on the device (no DataLoader),
-the optimiser is rebuilt for each task over the parameters that task trains,
-and after every task the model is evaluated on every task's test set, filling
-the accuracy matrix ``R[i, j]``.  Runs can checkpoint after each task and resume
-to exactly the same result (see :mod:`clutils.checkpoint`).
+:func:`train_step` is one optimiser step (forward, loss, the strategy's penalties, backward,
+step); :func:`train_stream` calls it over every task's batches, drawn by index from tensors
+already on the device (no DataLoader), rebuilds the optimiser for each task over the parameters
+that task trains, and after every task evaluates the model on every task's test set, filling
+the accuracy matrix ``R[i, j]``.  Runs can checkpoint after each task and resume to exactly the
+same result (:mod:`clutils.checkpoint`), and a finished run can be cached and loaded instead of
+trained again (``cache_dir``).
 """
 from __future__ import annotations
 
 import contextlib
-import math
+import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,12 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import Checkpointer, weights_digest
+from .checkpoint import Checkpointer, fingerprint, weights_digest
 from .data import Stream
-from .results import RunResult
-from .strategies import Strategy
+from .models import check_model
+from .results import RunResult, load_cached
+from .strategies import Naive, Strategy
 
-__all__ = ["TrainConfig", "resolve_device", "seed_everything", "evaluate", "train_stream", "NonFiniteLossError"]
+__all__ = ["TrainConfig", "resolve_device", "seed_everything", "evaluate", "train_step", "train_stream",
+           "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -76,6 +80,9 @@ class TrainConfig:
     def validate(self, n_tasks: int) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'.")
+        if self.optimizer == "adam" and self.momentum:
+            raise ValueError(f"optimizer='adam' has no momentum setting (got momentum={self.momentum}); set "
+                             f"momentum=0 (Adam's betas play that role) or use optimizer='sgd'.")
         if not isinstance(self.epochs, int) and len(self.epochs) != n_tasks:
             raise ValueError(f"epochs lists {len(self.epochs)} values for {n_tasks} tasks; give one per task or a single int.")
         eps = [self.epochs_for(t) for t in range(n_tasks)]
@@ -87,26 +94,27 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}.")
 
     def to_dict(self) -> dict:
+        """The settings as plain JSON values (for run records and the cache fingerprint)."""
         d = asdict(self)
         d["epochs"] = self.epochs if isinstance(self.epochs, int) else list(self.epochs)
         return d
 
 
+
 def _check_model_fits(model: nn.Module, stream: Stream) -> None:
+    model = check_model(model)
     if len(stream) == 0:
         raise ValueError("the stream has no tasks.")
-    n_heads = getattr(model, "n_heads", 1)
-    if n_heads != stream.n_heads:
+    if model.n_heads != stream.n_heads:
         raise ValueError(
-            f"the model has {n_heads} head(s) but the {stream.scenario}-incremental stream needs {stream.n_heads} "
-            f"({'one per task' if stream.scenario == 'task' else 'one shared head'}); build it with "
+            f"the model has {model.n_heads} head(s) but the {stream.scenario}-incremental stream needs "
+            f"{stream.n_heads} ({'one per task' if stream.scenario == 'task' else 'one shared head'}); build it with "
             f"MLP(..., out_features={stream.n_outputs}, n_heads={stream.n_heads}).")
-    out = getattr(model, "out_features", stream.n_outputs)
-    if out < stream.n_outputs:
-        raise ValueError(f"the model's heads have {out} outputs but the stream needs {stream.n_outputs}.")
-    n_in = getattr(model, "in_features", stream.n_features)
-    if n_in != stream.n_features:
-        raise ValueError(f"the model takes {n_in} input features but the stream's images have {stream.n_features}.")
+    if model.out_features < stream.n_outputs:
+        raise ValueError(f"the model's heads have {model.out_features} outputs but the stream needs {stream.n_outputs}.")
+    if model.in_features != stream.n_features:
+        raise ValueError(f"the model takes {model.in_features} input features but the stream's images have "
+                         f"{stream.n_features}.")
 
 
 @torch.inference_mode()
@@ -127,9 +135,13 @@ def evaluate(model: nn.Module, stream: Stream, after_task: int, batch_size: int 
     return (torch.stack(accs).double().cpu() / counts).tolist()
 
 
+def _flush_denormal_is_on() -> bool:
+    return bool(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).eq(0).item())  # a subnormal read as 0
+
+
 @contextlib.contextmanager
 def _flush_denormal(enabled: bool):
-    """Inside: subnormal floats count as zero on the CPU (``torch.set_flush_denormal``); off again after.
+    """Inside: subnormal floats count as zero on the CPU (``torch.set_flush_denormal``); the previous mode after.
 
     Arithmetic on subnormals (|x| < 1.2e-38 in float32) is many times slower on x86 CPUs; penalties
     that push activations towards zero (SNI ... SLNID) produce them, and then every matrix product
@@ -138,11 +150,12 @@ def _flush_denormal(enabled: bool):
     if not enabled:
         yield
         return
+    before = _flush_denormal_is_on()
     torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        torch.set_flush_denormal(False)
+        torch.set_flush_denormal(before)
 
 
 def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -151,9 +164,9 @@ def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _trainable(model: nn.Module, stream: Stream, heads: int | Tensor) -> list[nn.Parameter]:
+def _trainable(model: nn.Module, heads: int | Tensor) -> list[nn.Parameter]:
     """Shared layers plus the head(s) this task trains; other tasks' heads stay untouched."""
-    if getattr(model, "n_heads", 1) > 1:
+    if model.n_heads > 1:
         used = heads.unique().tolist() if isinstance(heads, Tensor) else [heads]
         params = list(model.shared_parameters()) + [p for h in used for p in model.head_parameters(h)]
     else:
@@ -168,16 +181,81 @@ def _progress(total: int, desc: str, enabled: bool):
                 mininterval=1.0, dynamic_ncols=False, ncols=90)
 
 
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, strategy: Strategy, x: Tensor, y: Tensor,
+               head: int | Tensor, n_active: int, t: int) -> Tensor:
+    """One optimiser step on the batch ``(x, y)`` of task ``t``; returns the loss with all penalties (detached).
+
+    The cross-entropy is over the first ``n_active`` logits of head ``head`` (the classes in play).
+    """
+    logits, hidden = model(x, head, return_hidden=True)
+    loss = F.cross_entropy(logits[:, :n_active], y)
+    act_penalty = strategy.penalty(model, t, hidden)  # differentiable, e.g. SLNID on the activations
+    if act_penalty is not None:
+        loss = loss + act_penalty
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    quad_penalty = strategy.grad_penalty(model, t)  # adds its own gradient to .grad, e.g. EWC / MAS
+    opt.step()
+    strategy.after_step(model, t)
+    return loss.detach() if quad_penalty is None else loss.detach() + quad_penalty
+
+
+def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: TrainConfig, t: int,
+                dev: torch.device, curves: list, bar) -> None:
+    x, y, heads = strategy.train_data(stream, t)
+    strategy.before_task(model, stream, t)
+    params = _trainable(model, heads)
+    opt = _make_optimizer(cfg, params) if params else None
+    n_active, n = stream.active_outputs(t), len(y)
+    model.train()
+    for epoch in range(cfg.epochs_for(t)):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + t * 1_009 + epoch)
+        order = torch.randperm(n, generator=g).to(dev)
+        loss_sum = torch.zeros((), device=dev)
+        for i in range(0, n if opt is not None else 0, cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            loss_sum += train_step(model, opt, strategy, x[idx], y[idx],
+                                   heads[idx] if isinstance(heads, Tensor) else heads, n_active, t)
+        if not torch.isfinite(loss_sum):  # one host sync per epoch
+            raise NonFiniteLossError(
+                f"the training loss became {loss_sum.item()} in task {t} ({stream[t].name}), epoch {epoch}: "
+                f"the learning rate ({cfg.lr}) or a regularisation strength (lambda) is probably too large. "
+                f"Lower it and run again.")
+        if cfg.eval_every_epoch:
+            curves.append({"task": t, "epoch": epoch, "acc": evaluate(model, stream, t, cfg.eval_batch_size)})
+        bar.update(1)
+
+
+def _timed(fn, dev: torch.device) -> float:
+    t0 = time.perf_counter()
+    fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def run_config(model: nn.Module, stream: Stream, strategy: Strategy, cfg: TrainConfig) -> dict:
+    """What defines a run (its record, and the fingerprint of checkpoints and the result cache)."""
+    from . import __version__
+
+    return {"stream": stream.description, "model": repr(model), "strategy": strategy.config(),
+            "train": cfg.to_dict(), "initial_weights": weights_digest(model), "clutils": __version__}
+
+
 def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = None, cfg: TrainConfig | None = None,
                  *, device: str | torch.device = "auto", checkpoint_dir: str | Path | None = None,
-                 progress: bool = True, stop_after_task: int | None = None) -> RunResult:
+                 cache_dir: str | Path | None = None, progress: bool = True,
+                 stop_after_task: int | None = None) -> RunResult:
     """Train ``model`` on ``stream`` task by task and return the accuracy matrix and timings.
 
-    ``checkpoint_dir``: save after every task and resume from there if the same
-    configuration was interrupted.  ``stop_after_task`` ends the run early (as a
-    kill would), leaving the checkpoint behind.
+    ``checkpoint_dir``: save after every task and resume from there if the same configuration was
+    interrupted.  ``cache_dir``: a finished run with the same fingerprint (stream, model, strategy
+    settings, training settings, initial weights, clutils version) is loaded from
+    ``cache_dir/<fingerprint>.json`` instead of trained (``from_cache`` is then true, and ``model``
+    keeps its initial weights); an unfinished one resumes.  ``stop_after_task`` ends the run early
+    (as a kill would), leaving the checkpoint behind.
     """
-    strategy = strategy or Strategy()
+    strategy = Naive() if strategy is None else strategy
     cfg = cfg or TrainConfig()
     cfg.validate(len(stream))
     _check_model_fits(model, stream)
@@ -185,78 +263,44 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
     model.to(dev)
     if stream[0].x_train.device != dev:
         stream = stream.to(dev)
+    config = run_config(model, stream, strategy, cfg)
+    key = fingerprint(config)
+    if cache_dir is not None:
+        cached = load_cached(Path(cache_dir) / f"{key}.json")
+        if cached is not None:
+            return cached
+        checkpoint_dir = checkpoint_dir or Path(cache_dir) / key
+    ckpt = Checkpointer(checkpoint_dir, config) if checkpoint_dir is not None else None
+    acc, curves, timings = [], [], {"train_s": [], "importance_s": [], "eval_s": []}
+    start = 0
+    state = ckpt.load() if ckpt is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        strategy.load_state_dict(state["strategy"])
+        for p, flag in zip(model.parameters(), state["requires_grad"]):
+            p.requires_grad_(flag)
+        acc, curves, timings, start = state["acc"], state["curves"], state["timings"], state["task"] + 1
+    strategy.to(dev)
 
     T = len(stream)
-    config = {"stream": stream.description, "model": repr(model), "strategy": strategy.config(),
-              "train": cfg.to_dict()}
-    # the fingerprint also covers the initial weights: a run from another seed never resumes this one
-    ckpt = (Checkpointer(checkpoint_dir, {**config, "initial_weights": weights_digest(model)})
-            if checkpoint_dir is not None else None)
-    acc: list[list[float]] = []
-    curves: list[dict] = []
-    timings = {"train_s": [], "eval_s": []}
-    start = 0
-    if ckpt is not None:
-        state = ckpt.load()
-        if state is not None:
-            model.load_state_dict(state["model"])
-            strategy.load_state_dict(state["strategy"])
-            for p, flag in zip(model.parameters(), state["requires_grad"]):
-                p.requires_grad_(flag)
-            acc, curves, timings = state["acc"], state["curves"], state["timings"]
-            start = state["task"] + 1
-
-    total_epochs = sum(cfg.epochs_for(t) for t in range(start, T))
-    bar = _progress(total_epochs, f"{strategy.name} on {stream.name}", progress)
+    bar = _progress(sum(cfg.epochs_for(t) for t in range(start, T)), f"{strategy.name} on {stream.name}", progress)
     with _flush_denormal(cfg.flush_denormal and dev.type == "cpu"):
         for t in range(start, T):
-            x, y, heads = strategy.train_data(stream, t)
-            strategy.before_task(model, stream, t)
-            params = _trainable(model, stream, heads)
-            opt = _make_optimizer(cfg, params) if params else None
-            n_active = stream.active_outputs(t)
-            n = len(y)
-            t0 = time.perf_counter()
-            model.train()
-            for epoch in range(cfg.epochs_for(t)):
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + t * 1_009 + epoch)
-                order = torch.randperm(n, generator=g).to(dev)
-                loss_sum = torch.zeros((), device=dev)
-                if opt is not None:
-                    for i in range(0, n, cfg.batch_size):
-                        idx = order[i:i + cfg.batch_size]
-                        hb = heads[idx] if isinstance(heads, Tensor) else heads
-                        logits, hidden = model(x[idx], hb, return_hidden=True)
-                        loss = F.cross_entropy(logits[:, :n_active], y[idx])
-                        extra = strategy.penalty(model, t, hidden)
-                        if extra is not None:
-                            loss = loss + extra
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        loss_sum += loss.detach()
-                if not torch.isfinite(loss_sum):
-                    raise NonFiniteLossError(
-                        f"the training loss became {loss_sum.item()} in task {t} ({stream[t].name}), epoch {epoch}: "
-                        f"the learning rate ({cfg.lr}) or a regularisation strength (lambda) is probably too large. "
-                        f"Lower it and run again.")
-                if cfg.eval_every_epoch:
-                    curves.append({"task": t, "epoch": epoch, "acc": evaluate(model, stream, t, cfg.eval_batch_size)})
-                bar.update(1)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            timings["train_s"].append(time.perf_counter() - t0)
-            strategy.after_task(model, stream, t)
-            t1 = time.perf_counter()
-            acc.append(evaluate(model, stream, t, cfg.eval_batch_size))
-            timings["eval_s"].append(time.perf_counter() - t1)
+            timings["train_s"].append(_timed(lambda: _train_task(model, stream, strategy, cfg, t, dev, curves, bar), dev))
+            timings["importance_s"].append(_timed(lambda: strategy.after_task(model, stream, t), dev))
+            timings["eval_s"].append(_timed(lambda: acc.append(evaluate(model, stream, t, cfg.eval_batch_size)), dev))
             if ckpt is not None:
                 ckpt.save({"task": t, "model": model.state_dict(), "strategy": strategy.state_dict(),
                            "requires_grad": [p.requires_grad for p in model.parameters()],
                            "acc": acc, "curves": curves, "timings": timings})
-            if stop_after_task is not None and t >= stop_after_task and t < T - 1:
+            if stop_after_task is not None and stop_after_task <= t < T - 1:
                 break
     bar.close()
-    timings["total_s"] = float(sum(timings["train_s"]) + sum(timings["eval_s"]))
+    timings["total_s"] = float(sum(timings["train_s"]) + sum(timings["importance_s"]) + sum(timings["eval_s"]))
     timings["device"] = str(dev)
-    return RunResult(config=config, acc=acc, timings=timings, curves=curves)
+    result = RunResult(config=config, acc=acc, timings=timings, curves=curves)
+    if cache_dir is not None and len(acc) == T:
+        result.save(Path(cache_dir) / f"{key}.json")
+        if Path(checkpoint_dir) == Path(cache_dir) / key:  # the cache's own checkpoint: no longer needed
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return result

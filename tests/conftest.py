@@ -56,6 +56,21 @@ def book_config() -> dict:
     return yaml.safe_load((ROOT / "_config.yml").read_text())
 
 
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits as a clutils Dataset (offline, small)."""
+    import clutils
+
+    return clutils.load_dataset("digits")
+
+
+def devices() -> list:
+    """Every device the tests can run on: the CPU, and CUDA (skipped without a GPU)."""
+    import torch
+
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
 @dataclass
 class BookBuild:
     html: Path  # the built site (``.../_build/html``)

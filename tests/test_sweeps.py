@@ -13,6 +13,7 @@ class WeightDecay(Strategy):
     name = "wd"
 
     def __init__(self, lam):
+        super().__init__()
         if lam < 0:
             raise ValueError("lam must be >= 0")
         self.lam = lam

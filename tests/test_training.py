@@ -6,10 +6,6 @@ import torch
 import clutils as cl
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return cl.load_dataset("digits")
-
 
 def _run(stream, strategy=None, seed=0, epochs=3, **kw):
     cl.seed_everything(seed)
@@ -136,3 +132,50 @@ def test_flush_denormal_is_on_only_while_training(digits):
     assert (tiny * 1.0).item() != 0  # and the process is back to IEEE behaviour afterwards
     cl.train_stream(cl.MLP(64, (8,), 10), stream, Probe(), cl.TrainConfig(epochs=1), device="cpu", progress=False)
     assert seen[2:] == [False, False]  # off by default
+
+
+def test_flush_denormal_restores_the_mode_it_found(digits):
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    stream = cl.permuted(digits, n_tasks=1)
+    torch.set_flush_denormal(True)  # the caller had it on already
+    try:
+        cl.train_stream(cl.MLP(64, (8,), 10), stream, None, cl.TrainConfig(epochs=1, flush_denormal=True),
+                        device="cpu", progress=False)
+        assert (tiny * 1.0).item() == 0  # still on: the run did not switch the caller's setting off
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_adam_with_a_momentum_is_refused_not_ignored(digits):
+    with pytest.raises(ValueError, match="momentum=0"):
+        cl.train_stream(cl.MLP(64, (8,), 10), cl.permuted(digits, n_tasks=1), None,
+                        cl.TrainConfig(optimizer="adam", momentum=0.9), device="cpu", progress=False)
+
+
+def test_importance_time_is_recorded_per_task(digits):
+    stream = cl.permuted(digits, n_tasks=3)
+    r = cl.train_stream(cl.MLP(64, (8,), 10), stream, cl.EWC(1.0), cl.TrainConfig(epochs=1), device="cpu",
+                        progress=False)
+    assert len(r.timings["importance_s"]) == 3 and all(s > 0 for s in r.timings["importance_s"])
+    naive = cl.train_stream(cl.MLP(64, (8,), 10), stream, None, cl.TrainConfig(epochs=1), device="cpu",
+                            progress=False)
+    assert sum(naive.timings["importance_s"]) < sum(r.timings["importance_s"])  # naive computes none
+
+
+def test_train_step_is_the_trainer_s_step(digits):
+    # a hand-written loop over train_step gives the trainer's matrix bit for bit
+    stream = cl.permuted(digits, n_tasks=2)
+    cfg = cl.TrainConfig(epochs=1, batch_size=50, lr=0.05, seed=4)
+    cl.seed_everything(0)
+    ref = cl.train_stream(cl.MLP(64, (16,), 10), stream, cl.MAS(0.3), cfg, device="cpu", progress=False)
+    cl.seed_everything(0)
+    model, strategy, rows = cl.MLP(64, (16,), 10), cl.MAS(0.3), []
+    for t, task in enumerate(stream):
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+        order = torch.randperm(len(task.y_train), generator=torch.Generator().manual_seed(4 * 1_000_003 + t * 1_009))
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            cl.train_step(model, opt, strategy, task.x_train[idx], task.y_train[idx], 0, 10, t)
+        strategy.after_task(model, stream, t)
+        rows.append(cl.evaluate(model, stream, t))
+    assert rows == ref.acc

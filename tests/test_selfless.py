@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clutils import MLP, Compose, TrainConfig, make_stream, seed_everything, train_stream
-from clutils.inhibition import (SSL, active_neurons, coactivation, decov, gaussian_neighbourhood,
+from clutils.selfless import (SSL, active_neurons, coactivation, decov, gaussian_neighbourhood,
                                 importance_discount, l1_rep, mean_activation, sni, slni)
 
 # M = 2 samples, N = 3 neurons.  H^T H = [[1, 2, 1], [2, 5, 5], [1, 5, 10]]
@@ -154,7 +154,7 @@ def test_mean_activation_and_active_neurons():
 
 def test_neuron_importance_of_linear_then_relu_by_hand():
     # h = relu(x) (W1 = I, b1 = 0), F = W2 h with W2 = [[1, 2], [0, -1]]: dF^2/dh = 2 W2^T F
-    from clutils.importance import neuron_importance
+    from clutils import neuron_importance
 
     m = MLP(2, [2], 2)
     with torch.no_grad():
@@ -176,7 +176,7 @@ def _digits_stream():
 
 
 def test_ssl_importance_accumulates_over_tasks():
-    from clutils.importance import neuron_importance
+    from clutils import neuron_importance
 
     stream = _digits_stream()
     seed_everything(0)
@@ -185,12 +185,12 @@ def test_ssl_importance_accumulates_over_tasks():
     # zero epochs: the model never changes, so the accumulated alpha is a plain sum over tasks
     train_stream(model, stream, ssl, TrainConfig(epochs=0), device="cpu", progress=False)
     expected = [sum(a) for a in zip(*(neuron_importance(model, t.x_train) for t in stream))]
-    for got, want in zip(ssl.alpha, expected):
+    for got, want in zip(ssl.alpha.values(), expected):
         assert torch.allclose(got, want)
     # the layer weights now carry the discount exp(-(a_i + a_j))
     h = torch.relu(torch.randn(5, 16))
     assert ssl.penalty(model, 1, [h, h]).item() == pytest.approx(
-        1e-3 * (slni(h, alpha=ssl.alpha[0]) + slni(h, alpha=ssl.alpha[1])).item(), rel=1e-5)
+        1e-3 * (slni(h, alpha=ssl.alpha["layer0"]) + slni(h, alpha=ssl.alpha["layer1"])).item(), rel=1e-5)
     restored = SSL("slnid", 1e-3)
     restored.load_state_dict(ssl.state_dict())
     assert torch.equal(restored.penalty(model, 1, [h, h]), ssl.penalty(model, 1, [h, h]))
@@ -204,7 +204,7 @@ def _run(strategy, seed=0):
 
 
 def test_zero_lambda_reduces_to_the_plain_method_bit_for_bit():
-    from clutils.penalties import MAS
+    from clutils import MAS
 
     plain, m_plain = _run(MAS(0.5))
     with_zero, m_zero = _run(Compose(MAS(0.5), SSL("slnid", 0.0)))
@@ -223,7 +223,7 @@ def test_large_importance_gives_zero_weights_not_subnormal_ones():
     # is stored as exactly 0 (a product with subnormal numbers is many times slower on CPUs)
     hs = [torch.relu(torch.randn(8, 16))]
     ssl = SSL("slnid", 1.0)
-    ssl.load_state_dict({"alpha": [torch.linspace(0, 120, 16)]})
+    ssl.load_state_dict({"alpha.layer0": torch.linspace(0, 120, 16)})
     ssl.penalty(None, 1, hs)
     w = ssl._w[0]
     tiny = torch.finfo(torch.float32).tiny

@@ -1,4 +1,5 @@
-"""The consolidation penalty and the EWC / MAS / L2 strategies: formulas, bookkeeping, checkpoints, effect."""
+"""The consolidation penalty and the EWC / MAS / L2 strategies: formulas, the running quadratic, the fused
+gradient, state_dict round trips, effect."""
 import io
 
 import pytest
@@ -6,8 +7,8 @@ import torch
 
 import clutils
 from clutils import EWC, L2, MAS, MLP, Consolidation, quadratic_penalty
-from clutils.importance import fisher_diagonal, mas_importance
-from clutils.penalties import task_inputs
+from clutils import fisher_diagonal, mas_importance
+from clutils.consolidation import task_inputs
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +75,13 @@ def test_online_mode_after_three_tasks_is_the_decayed_sum(digits_stream):
     oms = [_omegas(m, s) for s in range(3)]
     gamma, lam = 0.7, 2.0
     strat = Consolidation(lam, Scripted(oms), mode="online", gamma=gamma)
-    assert strat.penalty(m, 0, []) is None  # nothing consolidated yet
+    assert strat.value(m) is None and strat.grad_penalty(m, 0) is None  # nothing consolidated yet
     anchors = _consolidate_three(strat, m, digits_stream)
     omega = {n: gamma ** 2 * oms[0][n] + gamma * oms[1][n] + oms[2][n] for n in oms[0]}
     want = quadratic_penalty(m, anchors[2], omega, lam)  # one anchor: the latest
-    assert torch.allclose(strat.penalty(m, 3, []), want, rtol=1e-6)
-    assert len(strat.terms) == 1
+    assert torch.allclose(strat.value(m), want, rtol=1e-6)
+    for n, p in m.named_parameters():  # one running quadratic: A = the decayed sum, anchor = the latest
+        assert torch.allclose(strat.omega[n], omega[n]) and torch.equal(strat.anchor[n], anchors[2][n])
 
 
 def test_separate_mode_after_three_tasks_is_the_sum_of_three_penalties(digits_stream):
@@ -88,7 +90,7 @@ def test_separate_mode_after_three_tasks_is_the_sum_of_three_penalties(digits_st
     strat = Consolidation(2.0, Scripted(oms), mode="separate")
     anchors = _consolidate_three(strat, m, digits_stream)
     want = sum(quadratic_penalty(m, anchors[t], oms[t], 2.0) for t in range(3))
-    got = strat.penalty(m, 3, [])
+    got = strat.value(m)
     assert torch.allclose(got, want, rtol=1e-6)
     (g_got,) = torch.autograd.grad(got, [m.layers[0].weight])
     g_want = 2.0 * sum(oms[t]["layers.0.weight"] * (m.layers[0].weight - anchors[t]["layers.0.weight"]) for t in range(3))
@@ -103,7 +105,7 @@ def test_mas_uses_the_papers_lambda(digits_stream):
     anchor = {n: p.detach().clone() for n, p in m.named_parameters()}
     _shift(m, 0)
     paper = 0.5 * sum((omega[n] * (p - anchor[n]) ** 2).sum() for n, p in m.named_parameters())  # lam sum Omega d^2
-    assert torch.allclose(strat.penalty(m, 1, []), paper, rtol=1e-6)
+    assert torch.allclose(strat.value(m), paper, rtol=1e-6)
 
 
 def test_mas_omega_is_omega_1_plus_omega_2(digits_stream):
@@ -115,8 +117,8 @@ def test_mas_omega_is_omega_1_plus_omega_2(digits_stream):
     strat.after_task(m, digits_stream, 1)
     o1 = mas_importance(m, digits_stream[1].x_train)
     for n in o0:
-        assert torch.allclose(strat.terms[0][1][n], o0[n] + o1[n], rtol=1e-6)
-        assert torch.equal(strat.terms[0][0][n], dict(m.named_parameters())[n].detach())
+        assert torch.allclose(strat.omega[n], o0[n] + o1[n], rtol=1e-6)
+        assert torch.equal(strat.anchor[n], dict(m.named_parameters())[n].detach())
 
 
 def test_ewc_omega_is_the_fisher_of_the_task_on_its_own_head_only():
@@ -127,15 +129,18 @@ def test_ewc_omega_is_the_fisher_of_the_task_on_its_own_head_only():
     x, y = task_inputs(stream, 0, 200, seed=3)
     assert len(y) == 200 and torch.equal(task_inputs(stream, 0, 200, seed=3)[0], x)  # seeded subsample
     want = fisher_diagonal(m, x, y, kind="empirical", head=0)
-    anchor, omega = strat.terms[0]
+    omega = {n: strat.omega[n].clone() for n in strat.omega}
+    anchor = {n: strat.anchor[n].clone() for n in strat.anchor}
     assert set(omega) == {"layers.0.weight", "layers.0.bias", "heads.0.weight", "heads.0.bias"}
     for n in omega:
         assert torch.allclose(omega[n], want[n])
     _shift(m, 0)
     strat.after_task(m, stream, 1)
-    assert set(strat.terms[1][1]) == {"layers.0.weight", "layers.0.bias", "heads.1.weight", "heads.1.bias"}
-    # the penalty then involves no parameter of another task's head beyond the consolidated ones
-    pen = strat.penalty(m, 1, [])
+    # head 1 joins; head 0 keeps its own importance and anchor (task 1's Fisher does not reach it)
+    assert set(strat.omega) == {"layers.0.weight", "layers.0.bias", "heads.0.weight", "heads.0.bias",
+                                "heads.1.weight", "heads.1.bias"}
+    assert torch.equal(strat.omega["heads.0.weight"], omega["heads.0.weight"])
+    pen = strat.value(m)
     g = torch.autograd.grad(pen, [m.heads[0].weight, m.heads[1].weight])
     assert torch.allclose(g[0], omega["heads.0.weight"] * (m.heads[0].weight - anchor["heads.0.weight"]), atol=1e-7)
 
@@ -145,7 +150,7 @@ def test_l2_pulls_uniformly_to_the_latest_parameters(digits_stream):
     strat = L2(0.3)
     anchors = _consolidate_three(strat, m, digits_stream)
     want = 0.15 * sum(((p - anchors[2][n]) ** 2).sum() for n, p in m.named_parameters())
-    assert torch.allclose(strat.penalty(m, 3, []), want, rtol=1e-6)
+    assert torch.allclose(strat.value(m), want, rtol=1e-6)
 
 
 def test_state_dict_round_trips_through_torch_save(digits_stream):
@@ -156,12 +161,11 @@ def test_state_dict_round_trips_through_torch_save(digits_stream):
     torch.save(strat.state_dict(), buf)
     buf.seek(0)
     fresh = EWC(5.0, fisher="sampled", mode="separate", n_samples=100)
-    assert fresh.penalty(m, 3, []) is None
-    fresh.load_state_dict(torch.load(buf, weights_only=True))
-    assert torch.equal(fresh.penalty(m, 3, []), strat.penalty(m, 3, []))
-    assert fresh.n_consolidated == 3 and torch.equal(fresh.terms[2][0]["layers.0.weight"], anchors[2]["layers.0.weight"])
-    with pytest.raises(ValueError, match="online"):
-        EWC(5.0, mode="online").load_state_dict(strat.state_dict())
+    assert fresh.value(m) is None
+    fresh.load_state_dict(torch.load(buf, weights_only=True))  # a fresh strategy grows the buffers it loads
+    assert torch.equal(fresh.value(m), strat.value(m))
+    assert int(fresh.n_tasks) == 3 and set(fresh.state_dict()) == set(strat.state_dict())
+    assert not torch.equal(fresh.anchor["layers.0.weight"], anchors[2]["layers.0.weight"])  # the merged anchor
 
 
 def _run(strategy, stream, seed=0, epochs=10, lr=0.1):
@@ -205,3 +209,33 @@ def test_bad_arguments_raise_before_training():
         EWC(1.0, n_samples=0)
     with pytest.raises(TypeError, match="callable"):
         Consolidation(1.0, "fisher")
+
+
+@pytest.mark.parametrize("mode", ["separate", "online"])
+def test_grad_penalty_adds_exactly_the_gradient_of_the_penalty_and_returns_its_value(digits_stream, mode):
+    m = _model()
+    oms = [_omegas(m, s) for s in range(3)]
+    strat = Consolidation(1.7, Scripted(oms), mode=mode, gamma=0.5)
+    _consolidate_three(strat, m, digits_stream)
+    value = strat.value(m)
+    want = torch.autograd.grad(value, list(m.parameters()))
+    g0 = [torch.randn_like(p) for p in m.parameters()]  # what backward() left in .grad
+    for p, g in zip(m.parameters(), g0):
+        p.grad = g.clone()
+    got_value = strat.grad_penalty(m, 3)
+    assert torch.allclose(got_value, value, rtol=1e-6)
+    for p, g, w in zip(m.parameters(), g0, want):
+        assert torch.allclose(p.grad, g + w, atol=1e-6)
+
+
+def test_config_records_every_setting_and_a_subclass_s_own_arguments():
+    cfg = EWC(3.0, fisher="batched", batch_size=64, mode="online", gamma=0.9, n_samples=500, seed=2).config()
+    assert cfg == {"name": "ewc", "class": "EWC", "lam": 3.0, "fisher": "batched", "mode": "online", "gamma": 0.9,
+                   "n_samples": 500, "batch_size": 64, "chunk_size": 1024, "seed": 2}
+
+    class Scaled(MAS):
+        def __init__(self, lam, factor=2.0):
+            super().__init__(lam * factor)
+
+    assert Scaled(0.1, factor=3.0).config()["factor"] == 3.0  # a user's setting reaches the fingerprint
+    assert Scaled(0.1).config() != Scaled(0.1, factor=3.0).config()

@@ -1,4 +1,4 @@
-r"""Selfless Sequential Learning: regularisers on a layer's *activations* (Aljundi et al., ICLR 2019).
+r"""Chapter 4: Selfless Sequential Learning -- regularisers on a layer's *activations* (Aljundi et al., ICLR 2019).
 
 Each function takes the post-ReLU activations ``h`` of one layer for a batch,
 an ``M x N`` matrix (M samples, N neurons), and returns a scalar.  The
@@ -30,8 +30,9 @@ one of the two importances is zero.
 The two baselines of the paper: L1-Rep (an L1 penalty on the activations) and
 DeCov (Cogswell et al., 2016), which penalises the *centred* covariance.
 
-:class:`SSL` applies any of them as a :class:`~clutils.strategies.Strategy`;
-compose it with a consolidation penalty: ``Compose(MAS(0.1), SSL("slnid", 1e-3))``.
+:func:`neuron_importance` gives the :math:`\alpha_i` of the discounted forms; :class:`SSL` applies
+any regulariser as a :class:`~clutils.strategies.Strategy`; compose it with a consolidation
+penalty: ``Compose(MAS(0.1), SSL("slnid", 1e-3))``.
 """
 from __future__ import annotations
 
@@ -43,10 +44,12 @@ import torch
 from torch import Tensor, nn
 
 from .data import Stream
-from .strategies import Strategy
+from .models import check_model
+from .per_sample import active, check_inputs, chunks, eval_mode, input_chunk, model_device
+from .strategies import BufferDict, Strategy
 
 __all__ = ["METHODS", "DISCOUNTS", "gaussian_neighbourhood", "importance_discount", "coactivation",
-           "sni", "slni", "l1_rep", "decov", "mean_activation", "active_neurons", "SSL"]
+           "sni", "slni", "l1_rep", "decov", "neuron_importance", "mean_activation", "active_neurons", "SSL"]
 
 METHODS = ("none", "l1", "decov", "sni", "slni", "snid", "slnid")
 DISCOUNTS = ("sum", "max")
@@ -192,6 +195,37 @@ def decov(h: Tensor) -> Tensor:
     return 0.5 * (c.pow(2).sum() - torch.diagonal(c).pow(2).sum())
 
 
+def neuron_importance(model: nn.Module, x: Tensor, *, head: int = 0, n_active: int | None = None,
+                      chunk_size: int = 1024) -> list[Tensor]:
+    r"""Importance of every hidden neuron (SNID/SLNID, Aljundi et al., ICLR 2019).
+
+    .. math::  \alpha_i = \frac{1}{N}\sum_{k=1}^{N}
+               \left|\frac{\partial \lVert F(x_k)\rVert_2^2}{\partial h_i(x_k)}\right|
+
+    with ``h`` the post-ReLU activations (``model(x, head, return_hidden=True)``)
+    and ``F`` the logits of head ``head`` (the first ``n_active`` of them).  A
+    neuron's activation on sample ``k`` only affects that sample's output, so one
+    backward pass of ``sum_k ||F(x_k)||^2`` gives every per-sample derivative.
+
+    Returns one vector per hidden layer, ``[alpha_1, ..., alpha_L]`` (on the
+    model's device).
+    """
+    check_inputs(model, x, chunk_size, n_active)
+    dev = model_device(model)
+    sums: list[Tensor] | None = None
+    with eval_mode(model):
+        for sl in chunks(len(x), chunk_size):
+            logits, hidden = model(input_chunk(x, sl, dev), head, return_hidden=True)
+            if not hidden:
+                raise ValueError("the model has no hidden layer, so it has no neuron importance.")
+            grads = torch.autograd.grad(active(logits, n_active).square().sum(), hidden)
+            if sums is None:
+                sums = [torch.zeros(h.shape[1:], device=dev, dtype=h.dtype) for h in hidden]
+            for s, g in zip(sums, grads):
+                s += g.abs().sum(0)
+    return [s / len(x) for s in sums]
+
+
 @torch.no_grad()
 def mean_activation(model: nn.Module, x: Tensor, batch_size: int = 10_000) -> list[Tensor]:
     r"""Mean activation of every hidden neuron over the inputs ``x``: ``a_i = (1/M) sum_m h_i^m``, one tensor per layer."""
@@ -232,14 +266,18 @@ class SSL(Strategy):
             importance (``None``: all).
 
     For SNID / SLNID, after every task the importance of each neuron on that task's training
-    inputs, ``alpha_i = mean_x |d ||F(x)||^2 / d h_i|`` (:func:`clutils.importance.neuron_importance`),
-    is *added* to the importance accumulated so far; during the first task ``alpha = 0`` and the
-    penalty is plain SNI / SLNI.  The weight matrix of each layer is built once per task.
+    inputs, ``alpha_i = mean_x |d ||F(x)||^2 / d h_i|`` (:func:`neuron_importance`), is *added* to
+    the importance accumulated so far (the buffers ``alpha.layer<l>``); during the first task
+    ``alpha = 0`` and the penalty is plain SNI / SLNI.  The weight matrix of each layer is built
+    once per task.
     """
+
+    name = "ssl"
 
     def __init__(self, method: str = "slnid", lam: float = 1e-3, *, sigma_frac: float = 1 / 6,
                  discount: str = "sum", layers: Sequence[int] | None = None,
-                 importance_samples: int | None = None):
+                 importance_samples: int | None = None, chunk_size: int = 1024):
+        super().__init__()
         key = str(method).lower().replace("-", "_")
         key = {"l1_rep": "l1", "l1rep": "l1", "no_reg": "none", "noreg": "none"}.get(key, key)
         if key not in METHODS:
@@ -252,13 +290,14 @@ class SSL(Strategy):
             raise ValueError(f"unknown discount {discount!r}; choose 'sum' (paper) or 'max' (authors' code).")
         if layers is not None and (len(layers) == 0 or any(int(l) != l or l < 0 for l in layers)):
             raise ValueError(f"layers must be None (all hidden layers) or non-empty indices >= 0, got {layers!r}.")
-        if importance_samples is not None and importance_samples < 1:
-            raise ValueError(f"importance_samples must be None (all) or >= 1, got {importance_samples}.")
+        if importance_samples is not None and (isinstance(importance_samples, bool) or
+                                               not isinstance(importance_samples, int) or importance_samples < 1):
+            raise ValueError(f"importance_samples must be None (all) or an integer >= 1, got {importance_samples!r}.")
         self.method, self.lam, self.sigma_frac, self.discount = key, float(lam), float(sigma_frac), discount
         self.layers = None if layers is None else [int(l) for l in layers]
-        self.importance_samples = importance_samples
+        self.importance_samples, self.chunk_size = importance_samples, int(chunk_size)
         self.name = key
-        self.alpha: list[Tensor] | None = None  # accumulated neuron importance, one tensor per hidden layer
+        self.alpha = BufferDict()  # accumulated neuron importance: "layer0", "layer1", ...
         self._w: dict[int, Tensor] = {}  # per-layer weight matrices, rebuilt when alpha changes
 
     @property
@@ -278,7 +317,7 @@ class SSL(Strategy):
         if w is None or w.device != h.device or w.dtype != h.dtype or w.shape[0] != h.shape[1]:
             n = h.shape[1]
             sigma = math.inf if self.method in ("sni", "snid") else self.sigma_frac * n
-            alpha = self.alpha[l] if (self.uses_importance and self.alpha is not None) else None
+            alpha = self.alpha[f"layer{l}"] if (self.uses_importance and f"layer{l}" in self.alpha) else None
             w = _weights(n, sigma, alpha, self.discount, h)
             self._w[l] = w
         return w
@@ -305,27 +344,21 @@ class SSL(Strategy):
         """``lam * sum_l R(h_l)``: the regulariser of the batch's hidden activations."""
         return self._sum(hidden, self.lam)
 
+    @torch.no_grad()
     def after_task(self, model: nn.Module, stream: Stream, t: int) -> None:
         if not self.uses_importance:
             return
-        from .importance import neuron_importance
-
         x = stream[t].x_train
         if self.importance_samples is not None:
             x = x[: self.importance_samples]
-        new = [a.detach() for a in neuron_importance(model, x, head=stream.head_of(t),
-                                                      n_active=stream.active_outputs(t))]
-        self.alpha = new if self.alpha is None else [a + b for a, b in zip(self.alpha, new)]
+        with torch.enable_grad():
+            new = neuron_importance(model, x, head=stream.head_of(t), n_active=stream.active_outputs(t),
+                                    chunk_size=self.chunk_size)
+        for l, a in enumerate(new):
+            key = f"layer{l}"
+            self.alpha[key] = a.detach().clone() if key not in self.alpha else self.alpha[key] + a.detach()
         self._w.clear()
 
-    def config(self) -> dict:
-        return {"name": "ssl", "method": self.method, "lam": self.lam, "sigma_frac": self.sigma_frac,
-                "discount": self.discount, "layers": self.layers, "importance_samples": self.importance_samples}
-
-    def state_dict(self) -> dict:
-        return {"alpha": None if self.alpha is None else [a.clone() for a in self.alpha]}
-
-    def load_state_dict(self, state: dict) -> None:
-        alpha = state.get("alpha")
-        self.alpha = None if alpha is None else [a.clone() for a in alpha]
+    def _apply(self, fn, *args, **kwargs):  # .to(device): rebuild the weight matrices from the moved alpha
         self._w.clear()
+        return super()._apply(fn, *args, **kwargs)
