@@ -254,3 +254,296 @@ def test_runresult_round_trip_and_files_without_a_format_field(tmp_path):
     assert back == res and json.loads((tmp_path / "r.json").read_text())["format"] == 1
     (tmp_path / "old.json").write_text(json.dumps(_record()))  # as written before the format field existed
     assert cl.RunResult.load(tmp_path / "old.json").R[1, 1] == 0.8
+
+
+# --------------------------------------------------------------------------------------------
+# training, strategies, checkpoints, importance, SSL
+
+@pytest.fixture(scope="module")
+def stream2() -> cl.Stream:
+    """Two domain-incremental tasks of digits (5 classes each), ~670 training images per task."""
+    return cl.make_stream("split", "digits", classes_per_task=5, scenario="domain")
+
+
+def _model(stream: cl.Stream, hidden=(8,), seed: int = 0) -> cl.MLP:
+    torch.manual_seed(seed)
+    return cl.MLP(stream.n_features, hidden, stream.n_outputs, stream.n_heads)
+
+
+CFG = cl.TrainConfig(epochs=1, batch_size=128, lr=0.05)
+
+
+def _train(stream, strategy=None, cfg=CFG, model=None, **kw) -> cl.RunResult:
+    return cl.train_stream(model if model is not None else _model(stream), stream, strategy, cfg,
+                           device="cpu", progress=False, **kw)
+
+
+def test_a_used_strategy_is_refused_with_how_to_get_a_fresh_one(stream2):
+    e = cl.EWC(10.0)
+    first = _train(stream2, e)
+    check(lambda: _train(stream2, e), ValueError, "already trained a run")
+    # a fresh instance with the same settings reproduces the first run exactly
+    assert _train(stream2, cl.EWC(10.0)).acc == first.acc
+    # a used strategy inside Compose is refused too
+    check(lambda: _train(stream2, cl.Compose(e, cl.SSL("l1", 1e-4))), ValueError, "already trained a run")
+
+
+def test_a_used_strategy_may_resume_its_own_checkpoint(stream2, tmp_path):
+    """Reusing the object to resume from a checkpoint is fine: the checkpoint replaces its state."""
+    m = cl.MAS(0.5)
+    _train(stream2, m, model=_model(stream2), checkpoint_dir=tmp_path, stop_after_task=0)
+    resumed = _train(stream2, m, model=_model(stream2), checkpoint_dir=tmp_path)
+    assert resumed.acc == _train(stream2, cl.MAS(0.5)).acc
+
+
+def test_compose_refuses_one_instance_twice():
+    m = cl.MAS(0.1)
+    check(lambda: cl.Compose(m, m), ValueError, "the same MAS object appears twice")
+    check(lambda: cl.Compose(m, cl.Compose(cl.SSL("l1", 1e-3), m)), ValueError, "appears twice")
+
+
+class _BlowUpOnLastStep(cl.Strategy):
+    """A penalty whose value stays finite but whose gradient (1e38 per weight) sends every
+    first-layer weight to -inf on the step it is applied: the loss of the steps taken is finite."""
+
+    def penalty(self, model, t, hidden):
+        w = model.layers[0].weight
+        return 1e38 * (w - w.detach()).sum()  # value 0, gradient 1e38
+
+
+def test_nan_guard_sees_parameters_that_blew_up_on_the_last_step(stream2):
+    cfg = cl.TrainConfig(epochs=1, batch_size=10_000, lr=10.0)  # one step per epoch: the last step
+    with pytest.raises(cl.NonFiniteLossError, match="parameters became non-finite") as err:
+        _train(stream2, _BlowUpOnLastStep(), cfg)
+    assert "layers.0.weight" in str(err.value) and "task 0" in str(err.value)
+
+
+TRAINCONFIG_ERRORS = {
+    "lr infinite": (dict(lr=float("inf")), ValueError, "lr must be finite"),
+    "lr NaN": (dict(lr=float("nan")), ValueError, "lr must be finite"),
+    "lr a string": (dict(lr="0.1"), TypeError, "lr must be a number"),
+    "fractional epochs in a list": (dict(epochs=[1, 1.9]), TypeError, "every entry of epochs must be an integer, got 1.9"),
+    "fractional epochs": (dict(epochs=1.5), TypeError, "epochs must be an integer or one integer per task"),
+    "epochs a string": (dict(epochs="2"), TypeError, "epochs must be an integer or one integer per task"),
+    "adam with momentum": (dict(optimizer="adam", momentum=0.9), ValueError, "optimizer='adam' has no momentum"),
+    "batch_size float": (dict(batch_size=128.0), TypeError, "batch_size must be an integer, got 128.0"),
+    "batch_size zero": (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
+    "seed float": (dict(seed=1.0), TypeError, "seed must be an integer"),
+    "eval_batch_size zero": (dict(eval_batch_size=0), ValueError, "eval_batch_size must be >= 1"),
+    "eval_batch_size string": (dict(eval_batch_size="1000"), TypeError, "eval_batch_size must be an integer"),
+    "momentum negative": (dict(momentum=-0.5), ValueError, "momentum must be >= 0"),
+    "weight_decay infinite": (dict(weight_decay=float("inf")), ValueError, "weight_decay must be finite"),
+    "optimizer not a string": (dict(optimizer=None), ValueError, "unknown optimizer None"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAINCONFIG_ERRORS))
+def test_trainconfig_bad_values_are_refused_before_training(stream2, case):
+    kwargs, exc, fragment = TRAINCONFIG_ERRORS[case]
+    probe = _CountSteps()
+    check(lambda: _train(stream2, probe, cl.TrainConfig(**kwargs)), exc, fragment)
+    assert probe.steps == 0  # refused before the first step
+
+
+class _CountSteps(cl.Strategy):
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def after_step(self, model, t):
+        self.steps += 1
+
+
+def test_trainconfig_accepts_numpy_integers(stream2):
+    cfg = cl.TrainConfig(epochs=[np.int64(1), 0], batch_size=np.int32(256), seed=np.int64(3))
+    assert len(_train(stream2, None, cfg).acc) == 2
+
+
+STRATEGY_ERRORS = {
+    "strategy class, not instance": (lambda s: _train(s, cl.EWC), TypeError, "pass an instance such as EWC(...)"),
+    "Compose of a class": (lambda s: cl.Compose(cl.MAS, cl.SSL()), TypeError, "Compose takes Strategy instances"),
+    "plain nn.Sequential": (lambda s: _train(s, model=torch.nn.Sequential(torch.nn.Linear(64, 5))),
+                            TypeError, "does not follow the model contract"),
+    "strategy not a strategy": (lambda s: _train(s, "ewc"), TypeError, "strategy must be a clutils Strategy"),
+    "SSL without hidden layer": (lambda s: _train(s, cl.SSL("slni", 1e-3), model=cl.MLP(64, (), 5)),
+                                 ValueError, "SSL regularises hidden activations but the model has no hidden layer"),
+    "SSL layer out of range": (lambda s: _train(s, cl.SSL("l1", 1e-3, layers=[3])),
+                               ValueError, "SSL layers [3] do not exist"),
+    "SSL importance_samples float": (lambda s: cl.SSL("slnid", importance_samples=100.0),
+                                     ValueError, "importance_samples must be None (all) or an integer >= 1"),
+    "MAS n_samples float": (lambda s: cl.MAS(1.0, n_samples=100.0), ValueError, "n_samples must be a positive integer"),
+    "EWC n_samples string": (lambda s: cl.EWC(1.0, n_samples="100"), ValueError, "n_samples must be a positive integer"),
+    "EWC lam infinite": (lambda s: cl.EWC(float("inf")), ValueError, "must be a finite number"),
+}
+
+
+@pytest.mark.parametrize("case", list(STRATEGY_ERRORS))
+def test_strategy_and_model_mistakes_are_clear_errors(stream2, case):
+    call, exc, fragment = STRATEGY_ERRORS[case]
+    check(lambda: call(stream2), exc, fragment)
+
+
+def test_ssl_without_hidden_layer_is_refused_before_any_step(stream2):
+    probe = _CountSteps()
+    check(lambda: _train(stream2, cl.Compose(probe, cl.SSL("l1", 1e-3)), model=cl.MLP(64, (), 5)),
+          ValueError, "no hidden layer")
+    assert probe.steps == 0
+
+
+# fingerprints: everything that changes a run changes its configuration
+
+class _Scaled(cl.Strategy):
+    """A user strategy with a setting and no config() of its own."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def penalty(self, model, t, hidden):
+        return self.scale * 1e-3 * hidden[-1].mean()
+
+
+def test_subclass_settings_are_in_the_config_and_a_changed_value_does_not_resume(stream2, tmp_path):
+    assert _Scaled(2.0).config() != _Scaled(3.0).config()
+    _train(stream2, _Scaled(2.0), checkpoint_dir=tmp_path, stop_after_task=0)
+    check(lambda: _train(stream2, _Scaled(3.0), checkpoint_dir=tmp_path), cl.checkpoint.ConfigMismatchError,
+          "was written by a different configuration")
+
+
+def _closure_over(x: torch.Tensor):
+    def importance(model, stream, t):
+        return cl.mas_importance(model, x, n_active=stream.n_outputs)
+    return importance
+
+
+def test_custom_importance_closure_is_fingerprinted_by_what_it_captures(stream2, tmp_path):
+    xa, xb = stream2[0].x_train[:50], stream2[0].x_train[50:100]
+    a, b, a2 = cl.Consolidation(1.0, _closure_over(xa)), cl.Consolidation(1.0, _closure_over(xb)), \
+        cl.Consolidation(1.0, _closure_over(xa.clone()))
+    assert a.config() != b.config()  # same code, other data
+    assert a.config() == a2.config()  # same code, equal data: the same run
+    lam_only = cl.Consolidation(1.0, lambda m, s, t: {n: torch.ones_like(p) for n, p in m.named_parameters()})
+    other_body = cl.Consolidation(1.0, lambda m, s, t: {n: 2 * torch.ones_like(p) for n, p in m.named_parameters()})
+    assert lam_only.config() != other_body.config()  # same name (<lambda>), other code
+    _train(stream2, a, checkpoint_dir=tmp_path, stop_after_task=0)
+    check(lambda: _train(stream2, b, checkpoint_dir=tmp_path), cl.checkpoint.ConfigMismatchError,
+          "different configuration")
+
+
+class _Opaque:
+    """An object whose repr changes from process to process (it shows the address)."""
+
+
+def test_a_strategy_that_cannot_be_described_is_not_checkpointed(stream2, tmp_path):
+    opaque = _Opaque()
+    s = cl.Consolidation(1.0, lambda m, st, t: {n: torch.ones_like(p) * (opaque is not None)
+                                                for n, p in m.named_parameters()})
+    check(lambda: _train(stream2, s, checkpoint_dir=tmp_path), ValueError, "cannot be described")
+    check(lambda: _train(stream2, s, cache_dir=tmp_path), ValueError, "cannot be described")
+    assert len(_train(stream2, s).acc) == 2  # without a checkpoint it trains
+
+
+# checkpoints: damaged files and unusable folders, found before training
+
+def _write_checkpoint_variant(folder: Path, variant: str, stream) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "checkpoint.pt"
+    if variant in ("truncated", "empty"):
+        _train(stream, cl.Naive(), checkpoint_dir=folder, stop_after_task=0)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3] if variant == "truncated" else b"")
+    elif variant == "foreign state_dict":
+        torch.save(_model(stream).state_dict(), path)
+    elif variant == "foreign tensor":
+        torch.save(torch.zeros(3), path)
+    elif variant == "text file":
+        path.write_text("not a checkpoint\n")
+
+
+@pytest.mark.parametrize("variant, fragment", [("truncated", "is damaged"), ("empty", "is empty"),
+                                               ("foreign state_dict", "is not a clutils checkpoint"),
+                                               ("foreign tensor", "is not a clutils checkpoint"),
+                                               ("text file", "is damaged")])
+def test_damaged_or_foreign_checkpoint_names_the_file(stream2, tmp_path, variant, fragment):
+    _write_checkpoint_variant(tmp_path, variant, stream2)
+    probe = _CountSteps()
+    with pytest.raises(cl.checkpoint.CheckpointError) as err:
+        _train(stream2, probe, checkpoint_dir=tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path / "checkpoint.pt") in msg and fragment in msg and "delete" in msg.lower()
+    assert probe.steps == 0
+
+
+def test_checkpoint_folder_that_is_a_file_is_refused_before_training(stream2, tmp_path):
+    target = tmp_path / "ckpt"
+    target.write_text("I am a file")
+    probe = _CountSteps()
+    check(lambda: _train(stream2, probe, checkpoint_dir=target), NotADirectoryError, "is a file, not a folder")
+    check(lambda: _train(stream2, probe, cache_dir=target), NotADirectoryError, "is a file, not a folder")
+    assert probe.steps == 0
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    import os
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return folder / "run"
+    sysfs = Path("/sys/clutils-hardening-probe")  # even root cannot create folders in sysfs
+    if Path("/sys").is_dir():
+        try:
+            sysfs.mkdir()
+        except OSError:
+            return sysfs
+        sysfs.rmdir()
+    pytest.skip("no unwritable location on this machine (running as root without a read-only sysfs)")
+
+
+def test_unwritable_checkpoint_folder_is_refused_before_training(stream2, tmp_path):
+    folder = _unwritable_folder(tmp_path)
+    probe = _CountSteps()
+    check(lambda: _train(stream2, probe, checkpoint_dir=folder), PermissionError, "cannot write to")
+    assert probe.steps == 0
+
+
+# importance functions: inputs of the wrong width, dtype, labels, NaN
+
+def _imp_inputs():
+    torch.manual_seed(0)
+    return cl.MLP(64, (8,), 5), torch.rand(20, 64), torch.randint(0, 5, (20,))
+
+
+IMPORTANCE_ERRORS = {
+    "wrong width": (lambda m, x, y: cl.mas_importance(m, x[:, :50]), ValueError,
+                    "x has 50 features per sample but the model takes 64"),
+    "float64 inputs": (lambda m, x, y: cl.fisher_diagonal(m, x.double()), TypeError,
+                       "x is torch.float64 but the model's parameters are torch.float32"),
+    "uint8 inputs": (lambda m, x, y: cl.mas_importance(m, (x * 255).to(torch.uint8)), TypeError,
+                     "x is torch.uint8"),
+    "labels out of range": (lambda m, x, y: cl.fisher_diagonal(m, x, y + 5, kind="empirical"), ValueError,
+                            "labels must lie in [0, 5)"),
+    "negative labels": (lambda m, x, y: cl.fisher_diagonal(m, x, y - 10, kind="empirical"), ValueError,
+                        "labels must lie in [0, 5)"),
+    "float labels": (lambda m, x, y: cl.fisher_diagonal(m, x, y.float(), kind="empirical"), TypeError,
+                     "y must hold integer class labels"),
+    "labels beyond n_active": (lambda m, x, y: cl.fisher_diagonal(m, x, y, kind="empirical", n_active=2),
+                               ValueError, "labels must lie in [0, 2)"),
+    "NaN pixels (MAS)": (lambda m, x, y: cl.mas_importance(m, x.index_fill(0, torch.tensor([3]), float("nan"))),
+                         ValueError, "x holds 64 non-finite values (NaN or inf)"),
+    "NaN pixels (Fisher)": (lambda m, x, y: cl.fisher_diagonal(m, x.index_fill(1, torch.tensor([0]), float("nan"))),
+                            ValueError, "non-finite values"),
+    "NaN pixels (neurons)": (lambda m, x, y: cl.neuron_importance(m, x.index_fill(1, torch.tensor([0]), float("inf"))),
+                             ValueError, "non-finite values"),
+    "wrong width (neurons)": (lambda m, x, y: cl.neuron_importance(m, x[:, :10]), ValueError,
+                              "x has 10 features per sample but the model takes 64"),
+    "chunk_size float": (lambda m, x, y: cl.mas_importance(m, x, chunk_size=10.5), TypeError,
+                         "chunk_size must be an integer"),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPORTANCE_ERRORS))
+def test_importance_bad_inputs_are_clear_errors(case):
+    call, exc, fragment = IMPORTANCE_ERRORS[case]
+    check(lambda: call(*_imp_inputs()), exc, fragment)
