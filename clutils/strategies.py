@@ -22,7 +22,13 @@ kernels, and returns that penalty's value for the logged loss and the NaN guard.
 
 ``config()`` describes a strategy for run records and the result cache: by default its class
 name and every argument its constructor was called with (defaults filled in), so a
-subclass's settings are captured without writing ``config()``.  A subclass that defines
+subclass's settings are captured without writing ``config()``.  A function argument (a custom
+importance closure) is described by its code and the values it captures, a tensor by a digest of
+its values; an argument that cannot be described (an object whose ``repr`` is only its address)
+makes ``train_stream`` refuse ``checkpoint_dir`` / ``cache_dir`` rather than risk resuming a
+different run.  Settings changed after construction (``s.k = 5``) are not seen: pass them to the
+constructor, or override ``config()``.  A strategy object serves one run: it keeps that run's
+state, and ``train_stream`` refuses to start a second run with it.  A subclass that defines
 ``__init__`` should call ``super().__init__()`` first, as every ``nn.Module`` does (one that
 forgets is initialised as a module anyway).
 """
