@@ -34,15 +34,26 @@ class RunResult:
     timings: dict = field(default_factory=dict)
     curves: list[dict] = field(default_factory=list)
     extras: dict = field(default_factory=dict)
+    val_acc: list[list[float]] = field(default_factory=list)  # the same matrix on the validation splits, if any
     from_cache: bool = field(default=False, compare=False)  # loaded from the result cache, not trained
 
     @property
     def R(self) -> np.ndarray:
         return np.asarray(self.acc, dtype=float)
 
-    def summary(self) -> dict:
-        """Average accuracy, forgetting and backward transfer of the final model."""
-        return metrics.summary(self.R)
+    @property
+    def R_val(self) -> np.ndarray:
+        """The accuracy matrix on the validation splits (``make_stream(..., val_fraction=...)``)."""
+        if not self.val_acc:
+            raise ValueError("this run has no validation matrix: its stream held no validation split "
+                             "(make_stream(..., val_fraction=0.1)).")
+        return np.asarray(self.val_acc, dtype=float)
+
+    def summary(self, split: str = "test") -> dict:
+        """Average accuracy, forgetting and backward transfer of the final model, on ``"test"`` or ``"val"``."""
+        if split not in ("test", "val"):
+            raise ValueError(f"split must be 'test' or 'val', got {split!r}.")
+        return metrics.summary(self.R if split == "test" else self.R_val)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the record as JSON (atomically: a crash leaves the old file or the new one)."""

@@ -142,21 +142,23 @@ def _check_model_fits(model: nn.Module, stream: Stream) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, stream: Stream, after_task: int, batch_size: int = 10_000) -> list[float]:
-    """Accuracy on every task's test set, with the outputs in play after ``after_task``."""
+def evaluate(model: nn.Module, stream: Stream, after_task: int, batch_size: int = 10_000,
+             split: str = "test") -> list[float]:
+    """Accuracy on every task's ``split`` (``"test"`` or ``"val"``), with the outputs in play after ``after_task``."""
     was_training = model.training
     model.eval()
     n_active = stream.active_outputs(after_task)
-    accs = []
+    accs, counts = [], []
     for task in stream:
-        correct = torch.zeros((), device=task.y_test.device, dtype=torch.int64)
-        for i in range(0, len(task.y_test), batch_size):
-            logits = model(task.x_test[i:i + batch_size], stream.head_of(task.id))[:, :n_active]
-            correct += (logits.argmax(1) == task.y_test[i:i + batch_size]).sum()
+        x, y = task.split(split)
+        correct = torch.zeros((), device=y.device, dtype=torch.int64)
+        for i in range(0, len(y), batch_size):
+            logits = model(x[i:i + batch_size], stream.head_of(task.id))[:, :n_active]
+            correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
         accs.append(correct)
+        counts.append(len(y))
     model.train(was_training)
-    counts = torch.tensor([len(t.y_test) for t in stream], dtype=torch.float64)
-    return (torch.stack(accs).double().cpu() / counts).tolist()
+    return (torch.stack(accs).double().cpu() / torch.tensor(counts, dtype=torch.float64)).tolist()
 
 
 def _flush_denormal_is_on() -> bool:
@@ -355,7 +357,7 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
             return cached
         checkpoint_dir = checkpoint_dir or Path(cache_dir) / key
     ckpt = Checkpointer(checkpoint_dir, config) if checkpoint_dir is not None else None
-    acc, curves, timings = [], [], {"train_s": [], "importance_s": [], "eval_s": []}
+    acc, val_acc, curves, timings = [], [], [], {"train_s": [], "importance_s": [], "eval_s": []}
     start = 0
     state = ckpt.load() if ckpt is not None else None
     if state is not None:
@@ -363,7 +365,8 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
         strategy.load_state_dict(state["strategy"])
         for p, flag in zip(model.parameters(), state["requires_grad"]):
             p.requires_grad_(flag)
-        acc, curves, timings, start = state["acc"], state["curves"], state["timings"], state["task"] + 1
+        acc, val_acc, curves, timings = state["acc"], state["val_acc"], state["curves"], state["timings"]
+        start = state["task"] + 1
     else:
         _refuse_used(strategy)  # resuming replaces the state; a fresh start needs a fresh strategy
     for s in strategy.modules():
@@ -378,16 +381,18 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
             timings["train_s"].append(_timed(lambda: _train_task(model, stream, strategy, cfg, t, dev, curves, bar), dev))
             timings["importance_s"].append(_timed(lambda: strategy.after_task(model, stream, t), dev))
             timings["eval_s"].append(_timed(lambda: acc.append(evaluate(model, stream, t, cfg.eval_batch_size)), dev))
+            if stream.has_val:  # the validation matrix, beside the test one
+                val_acc.append(evaluate(model, stream, t, cfg.eval_batch_size, split="val"))
             if ckpt is not None:
                 ckpt.save({"task": t, "model": model.state_dict(), "strategy": strategy.state_dict(),
                            "requires_grad": [p.requires_grad for p in model.parameters()],
-                           "acc": acc, "curves": curves, "timings": timings})
+                           "acc": acc, "val_acc": val_acc, "curves": curves, "timings": timings})
             if stop_after_task is not None and stop_after_task <= t < T - 1:
                 break
     bar.close()
     timings["total_s"] = float(sum(timings["train_s"]) + sum(timings["importance_s"]) + sum(timings["eval_s"]))
     timings["device"] = str(dev)
-    result = RunResult(config=config, acc=acc, timings=timings, curves=curves)
+    result = RunResult(config=config, acc=acc, val_acc=val_acc, timings=timings, curves=curves)
     if cache_dir is not None and len(acc) == T:
         result.save(Path(cache_dir) / f"{key}.json")
         if Path(checkpoint_dir) == Path(cache_dir) / key:  # the cache's own checkpoint: no longer needed

@@ -59,7 +59,7 @@ DATA_ERRORS = {
     "groups class a float": (lambda: cl.disjoint(_digits(), [[0, 1.5]]),
                              TypeError, "every class in groups must be an integer, got 1.5"),
     "permuted n_tasks float": (lambda: cl.make_stream("permuted", "digits", n_tasks=2.5),
-                               TypeError, "n_tasks must be an integer, got 2.5"),
+                               TypeError, "n_tasks must be an int, e.g. n_tasks=10; got 2.5"),
     "permuted seed string": (lambda: cl.make_stream("permuted", "digits", seed="0"),
                              TypeError, "seed must be an integer, got '0'"),
     "make_stream unknown argument": (lambda: cl.make_stream("split", "digits", groups=[[0, 1]]),
