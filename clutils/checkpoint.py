@@ -81,9 +81,14 @@ class Checkpointer:
         advice = "Delete it to start this run afresh (or point checkpoint_dir at another folder)."
         if self.path.stat().st_size == 0:
             raise CheckpointError(f"{self.path} is empty (a copy or a disk that failed?). {advice}")
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        try:  # weights_only: tensors and plain Python values only, so a foreign file cannot run code
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:  # EOFError, UnpicklingError, RuntimeError (zip) ... : all mean "unreadable"
+            if "weights only load failed" in str(err).lower() and "unsupported global" in str(err).lower():
+                raise CheckpointError(
+                    f"{self.path} holds Python objects other than tensors and plain values, which clutils does "
+                    f"not unpickle (a foreign file, or a strategy whose state_dict holds objects: keep its state "
+                    f"in tensors). {advice}") from None
             raise CheckpointError(f"{self.path} is damaged and cannot be read ({type(err).__name__}: {err}); "
                                   f"it may be truncated. {advice}") from None
         if not isinstance(state, dict) or "fingerprint" not in state or "task" not in state:

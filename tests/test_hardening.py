@@ -458,12 +458,15 @@ def _write_checkpoint_variant(folder: Path, variant: str, stream) -> None:
         torch.save(torch.zeros(3), path)
     elif variant == "text file":
         path.write_text("not a checkpoint\n")
+    elif variant == "pickled object":  # would run code on load if unpickled
+        torch.save({"fingerprint": "0" * 16, "task": 0, "payload": _Opaque()}, path)
 
 
 @pytest.mark.parametrize("variant, fragment", [("truncated", "is damaged"), ("empty", "is empty"),
                                                ("foreign state_dict", "is not a clutils checkpoint"),
                                                ("foreign tensor", "is not a clutils checkpoint"),
-                                               ("text file", "is damaged")])
+                                               ("text file", "is damaged"),
+                                               ("pickled object", "holds Python objects other than tensors")])
 def test_damaged_or_foreign_checkpoint_names_the_file(stream2, tmp_path, variant, fragment):
     _write_checkpoint_variant(tmp_path, variant, stream2)
     probe = _CountSteps()
