@@ -94,8 +94,9 @@ def _glued(notebook: Path, name: str) -> float:
     nb = json.loads(notebook.read_text())
     for cell in nb["cells"]:
         for out in cell.get("outputs", []):
-            if out.get("metadata", {}).get("scrapbook", {}).get("name") == name:
-                return float(out["data"]["text/plain"])
+            scrap = out.get("metadata", {}).get("scrapbook", {})
+            if scrap.get("name") == name:  # MyST-NB's glue: the value under <mime_prefix>text/plain
+                return float(out["data"][scrap.get("mime_prefix", "") + "text/plain"])
     raise KeyError(f"{notebook.name} glues no value named {name!r}; run the chapter or fix the registry.")
 
 
