@@ -13,6 +13,7 @@ from .models import MLP, ContinualModel
 from .strategies import Compose, FreezeFeatures, Joint, Naive, Strategy
 from .consolidation import L2, Consolidation, quadratic_penalty
 from .ewc import EWC, fisher_diagonal
+from .si import SI
 from .mas import MAS, hebbian_importance, mas_importance
 from .selfless import (SSL, active_neurons, coactivation, decov, gaussian_neighbourhood, importance_discount, l1_rep,
                        mean_activation, neuron_importance, slni, sni)

@@ -1,9 +1,22 @@
-"""Small helpers the chapters share: choosing a profile and gluing numbers into the text."""
+"""Small helpers the chapters share: profiles, gluing numbers into the text, tolerant sweeps,
+the run records behind the book's status page, and reading a tagged cell out of a notebook."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+import datetime as _dt
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["choose_profile", "glue"]
+__all__ = ["choose_profile", "glue", "prefixed_glue", "SweepOutcome", "sweep_tolerant", "run_with_value",
+           "pooled_accuracy", "write_run_record", "read_run_records", "status_markdown", "write_status_page",
+           "tagged_source", "RECORDS_DIR", "STATUS_PAGE"]
+
+RECORDS_DIR = Path("results/records")  # relative to book/ (chapters run with papermill --cwd book)
+STATUS_PAGE = "status.md"              # book/status.md, generated from the records
+UNPUBLISHED_PROFILES = ("quick",)      # test runs: written like any record, never listed on the status page
 
 
 def choose_profile(name: str, profiles: Mapping[str, Mapping[str, Any]]) -> dict:
@@ -30,3 +43,161 @@ def glue(name: str, value: Any, display: bool = False) -> None:
             print(f"{name} = {value}")
         return
     _glue(name, value, display=display)
+
+
+def prefixed_glue(prefix: str) -> Callable[[str, Any], None]:
+    """``glue`` with every name prefixed, e.g. ``prefixed_glue("ch1_")("acc", 0.9)`` stores ``ch1_acc``."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string such as 'ch1_', got {type(prefix).__name__}.")
+
+    def _glue(name: str, value: Any) -> None:
+        glue(prefix + name, value)
+    return _glue
+
+
+# ----------------------------------------------------------------------------- sweeps that may diverge
+
+@dataclass
+class SweepOutcome:
+    """The runs of a sweep that trained to the end (``extras["value"]`` set), the values whose
+    training loss diverged, and (when asked for) the trained models, parallel to ``runs``."""
+    runs: list = field(default_factory=list)
+    diverged: list = field(default_factory=list)
+    models: list = field(default_factory=list)
+
+    def __iter__(self):  # runs, diverged = sweep_tolerant(...)
+        return iter((self.runs, self.diverged))
+
+
+def sweep_tolerant(values: Sequence[float], make_strategy: Callable[[float], Any], make_model: Callable[[], Any],
+                   stream, cfg, *, device: str = "auto", keep_models: bool = False) -> SweepOutcome:
+    """One run per value, like ``clutils.sweeps.sweep``, but a value whose training loss becomes NaN or
+    infinite is recorded in ``diverged`` instead of ending the sweep.  Every run starts from
+    ``seed_everything(cfg.seed)``, so all values start from the same weights and batches."""
+    from .training import NonFiniteLossError, seed_everything, train_stream
+
+    if not callable(make_strategy) or not callable(make_model):
+        raise TypeError("make_strategy must be a function value -> Strategy and make_model a function () -> nn.Module.")
+    out = SweepOutcome()
+    for v in values:
+        strategy = make_strategy(v)
+        seed_everything(cfg.seed)
+        model = make_model()
+        try:
+            res = train_stream(model, stream, strategy, cfg, device=device, progress=False)
+        except NonFiniteLossError:
+            out.diverged.append(v)
+            continue
+        res.extras["value"] = v
+        out.runs.append(res)
+        if keep_models:
+            out.models.append(model)
+    return out
+
+
+def run_with_value(runs: Sequence, value: float):
+    """The run of a sweep whose ``extras["value"]`` is ``value`` (e.g. the best one)."""
+    for r in runs:
+        if r.extras.get("value") == value:
+            return r
+    raise KeyError(f"no run with value {value!r}; the sweep has {[r.extras.get('value') for r in runs]}.")
+
+
+def pooled_accuracy(accuracies: Sequence[float], n_test: Sequence[int]) -> float:
+    r"""Accuracy on the union of the tasks' test sets: :math:`\sum_j n_j a_j / \sum_j n_j`."""
+    import numpy as np
+
+    a, n = np.asarray(accuracies, dtype=float), np.asarray(n_test, dtype=float)
+    if a.shape != n.shape or n.sum() <= 0:
+        raise ValueError(f"give one accuracy per task and positive test-set sizes; got {a.shape} and {n.shape}.")
+    return float((a * n).sum() / n.sum())
+
+
+# ----------------------------------------------------------------------------- run records, status page
+
+def write_run_record(chapter: str, profile: str, device: Any, seconds: float,
+                     directory: str | Path | None = None) -> dict:
+    """Write ``<directory>/<chapter>.<profile>.json``: when this run of the chapter finished (UTC),
+    its profile, device, duration in seconds and the versions of clutils, PyTorch and Python.
+
+    Each chapter calls it in its last cell; ``status_markdown`` turns the committed records
+    into the book's status page.  ``directory`` defaults to ``$CLUTILS_RECORDS`` or
+    ``book/results/records``.  Returns the record.
+    """
+    import torch
+
+    from . import __version__
+
+    if not chapter or "/" in chapter or not profile or "/" in profile:
+        raise ValueError(f"chapter and profile must be plain names such as '02_ewc' and 'full', got {chapter!r}, {profile!r}.")
+    if not seconds >= 0:
+        raise ValueError(f"seconds must be a non-negative duration, got {seconds!r}.")
+    record = {"chapter": chapter, "profile": profile, "device": str(device), "seconds": round(float(seconds), 1),
+              "finished": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "clutils": __version__, "torch": torch.__version__.split("+")[0],
+              "python": platform.python_version()}
+    if directory is None:  # $CLUTILS_RECORDS redirects the records of a check run (make verify)
+        directory = os.environ.get("CLUTILS_RECORDS") or RECORDS_DIR
+    path = Path(directory) / f"{chapter}.{profile}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def read_run_records(directory: str | Path) -> list[dict]:
+    """The published records in ``directory`` (test profiles such as ``quick`` left out), sorted by chapter."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no run records in {directory}: run a chapter (papermill ... --cwd book) first.")
+    recs = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+    return sorted((r for r in recs if r["profile"] not in UNPUBLISHED_PROFILES), key=lambda r: (r["chapter"], r["profile"]))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def status_markdown(records: Sequence[Mapping[str, Any]]) -> str:
+    """The status page: one row per record (chapter, profile, finished, device, duration, versions)."""
+    lines = ["# Status of the executed outputs", "",
+             "Every chapter is shown with the outputs of a real run; the book is built from those committed",
+             "outputs and executes nothing. At the end of its run each chapter writes a small record",
+             "(`book/results/records/<chapter>.<profile>.json`, through `clutils.book.write_run_record`);",
+             "this page is generated from the committed records (`python -m clutils.book`), and a test",
+             "checks that it matches them. Runs of the `quick` test profile are never listed.", "",
+             "| chapter | profile | finished | device | duration | clutils | PyTorch | Python |",
+             "|---|---|---|---|---:|---|---|---|"]
+    for r in records:
+        versions = " | ".join(str(r.get(k) or "not recorded") for k in ("clutils", "torch", "python"))
+        lines.append(f"| {{doc}}`{r['chapter']}` | {r['profile']} | {r['finished']} | {r['device']} "
+                     f"| {_duration(r['seconds'])} | {versions} |")
+    if not records:
+        lines.append("| (no records yet) | | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def write_status_page(book_dir: str | Path = "book") -> Path:
+    """Regenerate ``<book_dir>/status.md`` from ``<book_dir>/results/records``."""
+    book_dir = Path(book_dir)
+    page = book_dir / STATUS_PAGE
+    page.write_text(status_markdown(read_run_records(book_dir / RECORDS_DIR)))
+    return page
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+def tagged_source(notebook: str | Path, tag: str) -> str:
+    """The source of the code cells of ``notebook`` tagged ``tag``, joined (tests execute it)."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code" and tag in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise LookupError(f"{notebook}: no code cell is tagged {tag!r}.")
+    return "\n\n".join(cells)
+
+
+if __name__ == "__main__":  # python -m clutils.book [BOOK_DIR]: regenerate the status page
+    import sys
+
+    print(write_status_page(sys.argv[1] if len(sys.argv) > 1 else "book"))

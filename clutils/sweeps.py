@@ -25,6 +25,7 @@ import pickle
 import sys
 import threading
 import traceback
+import warnings
 from concurrent.futures import Executor, Future, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,18 +296,34 @@ def sweep_table(results: Sequence[RunResult], method: str | None = None):
     for res in results:
         if isinstance(res, RunFailure):
             continue
-        row = {"value": res.extras.get("value"), **res.summary(),
-               "train_s": float(sum(res.timings.get("train_s", [])))}
+        row = {"value": res.extras.get("value"), **res.summary()}
+        if res.val_acc:
+            row["val_acc"] = res.summary("val")["acc"]
+        row["train_s"] = float(sum(res.timings.get("train_s", [])))
         rows.append({"method": method, **row} if method is not None else row)
     return pd.DataFrame(rows)
 
 
-def best_value(results: Sequence[RunResult], metric: str = "acc") -> float:
-    """The swept value whose run has the highest ``metric`` (one of :data:`METRICS`); ties go to the first."""
+def best_value(results: Sequence[RunResult], metric: str = "acc", split: str = "val") -> float:
+    """The swept value whose run has the highest ``metric`` (one of :data:`METRICS`) on ``split``; ties go to the first.
+
+    Selection is on the validation splits (``make_stream(..., val_fraction=0.1)``) unless
+    ``split="test"`` is asked for explicitly, which warns: a setting chosen on the test set
+    makes the test number an optimistic estimate.
+    """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)} (higher is better).")
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' (the default) or 'test', got {split!r}.")
     results = [r for r in results if not isinstance(r, RunFailure)]
     if not results:
         raise ValueError("best_value needs at least one finished run.")
-    scores = [res.summary()[metric] for res in results]
+    if split == "val" and not all(r.val_acc for r in results):
+        raise ValueError("best_value selects on validation data, and these runs have none: build the stream with "
+                         "make_stream(..., val_fraction=0.1). (To select on the test set anyway, pass split='test'; "
+                         "the choice is then flagged.)")
+    if split == "test":
+        warnings.warn("best_value(split='test'): the setting is chosen on the test set, so its test accuracy is "
+                      "optimistic; report it as such.", stacklevel=2)
+    scores = [res.summary(split)[metric] for res in results]
     return float(results[max(range(len(scores)), key=scores.__getitem__)].extras["value"])

@@ -5,6 +5,10 @@ import torch
 
 import clutils
 
+from pathlib import Path
+
+BOOK_DIR = Path(__file__).resolve().parents[1] / "book"
+
 
 def test_choose_profile_returns_a_copy_and_names_the_choices():
     profiles = {"quick": {"epochs": 1}, "full": {"epochs": 5}}
@@ -26,3 +30,49 @@ def test_glue_stores_numpy_and_torch_scalars_as_python_numbers(monkeypatch):
     assert type(stored["a"]) is float and stored["a"] == 93.25
     assert type(stored["b"]) is int and stored["b"] == 7
     assert isinstance(stored["c"], np.ndarray)  # arrays are left alone
+
+
+def test_prefixed_glue_prefixes_every_name(monkeypatch):
+    import myst_nb
+
+    stored = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=False: stored.__setitem__(name, value))
+    g = clutils.book.prefixed_glue("ch1_")
+    g("acc", np.float32(0.5))
+    assert stored == {"ch1_acc": 0.5}
+    with pytest.raises(TypeError, match="prefix must be a string"):
+        clutils.book.prefixed_glue(1)
+
+
+def test_sweep_tolerant_records_divergence_and_matches_sweep():
+    """A value whose loss blows up is recorded, not fatal; the others train exactly as clutils.sweeps.sweep does."""
+    from clutils.sweeps import sweep
+
+    stream = clutils.make_stream("split", "digits", scenario="task")
+    cfg = clutils.TrainConfig(epochs=1, batch_size=64, lr=0.1, seed=0)
+    make_model = lambda: clutils.MLP(stream.n_features, (16,), stream.n_outputs, n_heads=stream.n_heads)
+    out = clutils.book.sweep_tolerant([0.5, 1e9], lambda lam: clutils.L2(lam), make_model, stream, cfg,
+                                      device="cpu", keep_models=True)
+    assert out.diverged == [1e9] and [r.extras["value"] for r in out.runs] == [0.5] and len(out.models) == 1
+    runs, diverged = out  # unpacks like the chapters use it
+    ref = sweep([0.5], lambda lam: clutils.L2(lam), make_model, stream, cfg, device="cpu")[0]
+    np.testing.assert_array_equal(np.asarray(runs[0].R), np.asarray(ref.R))
+
+
+def test_pooled_accuracy_weights_tasks_by_test_size():
+    assert clutils.book.pooled_accuracy([1.0, 0.0, 0.5], [100, 300, 200]) == pytest.approx((100 + 100) / 600)
+    with pytest.raises(ValueError, match="one accuracy per task"):
+        clutils.book.pooled_accuracy([1.0, 0.5], [100])
+
+
+def test_run_with_value_and_tagged_source():
+    class R:
+        def __init__(self, v):
+            self.extras = {"value": v}
+    runs = [R(1.0), R(10.0)]
+    assert clutils.book.run_with_value(runs, 10.0) is runs[1]
+    with pytest.raises(KeyError, match="no run with value 3"):
+        clutils.book.run_with_value(runs, 3.0)
+    assert "def gd(" in clutils.book.tagged_source(BOOK_DIR / "01_forgetting.ipynb", "from-scratch")
+    with pytest.raises(LookupError, match="no code cell is tagged"):
+        clutils.book.tagged_source(BOOK_DIR / "01_forgetting.ipynb", "no-such-tag")

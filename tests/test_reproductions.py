@@ -1,0 +1,58 @@
+"""The reproductions registry: every outside number has a source and protocol, the page is current, and
+a number called reproduced stays within its tolerance (a regression target with the book's own results)."""
+import math
+
+import pytest
+
+from clutils import reproductions as rp
+
+ROWS = rp.load_registry()
+TABLE = rp.table(ROWS)
+
+
+def test_the_page_is_generated_from_the_registry_and_the_committed_results():
+    assert rp.PAGE.read_text() == rp.render(TABLE), \
+        "book/reproductions.md is stale: run `python -m clutils.reproductions` and commit the page."
+
+
+@pytest.mark.parametrize("row", TABLE, ids=[r["id"] for r in TABLE])
+def test_a_reproduced_row_lies_within_its_tolerance(row):
+    if row["verdict"] != "reproduced":
+        pytest.skip(f"verdict {row['verdict']!r}: explained in its note")
+    assert row["ours_n"] >= 1, f"{row['id']}: no committed result matches the row's selection."
+    assert abs(row["delta"]) <= row["tolerance"], \
+        f"{row['id']}: ours {row['ours_mean']:.2f} is {row['delta']:+.2f} from theirs {row['reference']['mean']}, " \
+        f"outside ±{row['tolerance']}; find the cause, or mark the row a gap with a measured explanation."
+
+
+@pytest.mark.parametrize("row", TABLE, ids=[r["id"] for r in TABLE])
+def test_a_gap_is_really_outside_the_band_and_seeded_claims_have_five_seeds(row):
+    if row["verdict"] == "gap":
+        assert row["ours_n"] >= 1 and not row["within"], \
+            f"{row['id']}: ours is within the tolerance now; mark the row reproduced."
+    if "results" in row:
+        assert row["ours_n"] >= 5, f"{row['id']}: a multi-run claim needs >= 5 seeds, found {row['ours_n']}."
+
+
+def test_registry_errors_name_the_row_and_the_fix(tmp_path):
+    bad = tmp_path / "r.toml"
+    bad.write_text('[[row]]\nid = "x"\nchapter = "c"\nclaim = "c"\nsource = "s"\nprotocol = "p"\n'
+                   'reference = { mean = 1.0 }\ntolerance = 1.0\nverdict = "gap"\n')
+    with pytest.raises(ValueError, match="row 1 .x.*needs a note"):
+        rp.load_registry(bad)
+    bad.write_text(bad.read_text().replace('verdict = "gap"', 'verdict = "close enough"'))
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        rp.load_registry(bad)
+
+
+def test_ours_is_the_mean_of_the_matching_runs(tmp_path):
+    import clutils as cl
+
+    for seed, acc in [(0, 0.9), (1, 0.8), (2, 0.7)]:
+        cl.RunResult(config={"strategy": {"name": "mas" if seed < 2 else "ewc"}, "train": {"seed": seed}},
+                     acc=[[acc]]).save(tmp_path / f"{seed}.json")
+    row = {"id": "t", "chapter": "c", "claim": "c", "source": "s", "protocol": "p", "reference": {"mean": 85.0},
+           "tolerance": 1.0, "verdict": "reproduced", "results": ".", "select": {"strategy.name": "mas"}}
+    (got,) = rp.table([row], root=tmp_path)
+    assert got["ours_n"] == 2 and math.isclose(got["ours_mean"], 85.0) and got["within"]
+    assert math.isclose(got["ours_sd"], 7.0710678, rel_tol=1e-6)
