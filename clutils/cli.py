@@ -60,9 +60,9 @@ __all__ = ["main", "load_experiment", "Experiment", "ExperimentError", "STRATEGY
 
 # strategy "type" in an experiment file -> the clutils class (top-level name)
 STRATEGY_TYPES = {"naive": "Naive", "joint": "Joint", "freeze": "FreezeFeatures", "ewc": "EWC", "mas": "MAS",
-                  "l2": "L2", "ssl": "SSL"}
+                  "si": "SI", "l2": "L2", "ssl": "SSL"}
 TOP_KEYS = ("description", "seeds", "device", "stream", "model", "train", "config", "grid")
-STREAM_COMMON = ("kind", "dataset", "scenario", "root")
+STREAM_COMMON = ("kind", "dataset", "scenario", "root", "val_fraction", "val_seed")
 
 
 class ExperimentError(ValueError):
