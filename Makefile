@@ -13,7 +13,7 @@ MATHJAX  := _vendor/site/mathjax
 # fonts, the TeX extensions it may autoload, the menu and accessibility pieces.
 MATHJAX_PARTS := tex-chtml.js input output/chtml ui a11y adaptors
 
-.PHONY: all venv mathjax chromium book test gpu-check clean
+.PHONY: all venv mathjax chromium book test verify gpu-check clean
 
 all: book
 
@@ -48,6 +48,14 @@ book: venv mathjax
 
 test: venv mathjax chromium
 	$(PY) -m pytest -q
+
+# Re-execute chapters (their full profile, as committed) and check that the cells tagged
+# nbval-check-output reproduce their committed outputs (nbval, lax mode; timings sanitised).
+# Needs MNIST under $$CLUTILS_DATA.  CHAPTERS=book/01_forgetting.ipynb checks one chapter.
+CHAPTERS ?= book/01_forgetting.ipynb book/02_ewc.ipynb book/03_mas.ipynb book/04_selfless.ipynb
+verify: venv
+	CLUTILS_RECORDS=$$(mktemp -d) $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+		--sanitize-with book/nbval_sanitize.cfg $(CHAPTERS)
 
 # On a machine with a CUDA GPU: the CUDA tests (device-parametrised; they skip elsewhere) and the
 # benchmarks on CUDA.  Needs MNIST under $$CLUTILS_DATA for the benchmarks.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,12 +116,13 @@ def pooled_accuracy(accuracies: Sequence[float], n_test: Sequence[int]) -> float
 # ----------------------------------------------------------------------------- run records, status page
 
 def write_run_record(chapter: str, profile: str, device: Any, seconds: float,
-                     directory: str | Path = RECORDS_DIR) -> dict:
+                     directory: str | Path | None = None) -> dict:
     """Write ``<directory>/<chapter>.<profile>.json``: when this run of the chapter finished (UTC),
     its profile, device, duration in seconds and the versions of clutils, PyTorch and Python.
 
     Each chapter calls it in its last cell; ``status_markdown`` turns the committed records
-    into the book's status page.  Returns the record.
+    into the book's status page.  ``directory`` defaults to ``$CLUTILS_RECORDS`` or
+    ``book/results/records``.  Returns the record.
     """
     import torch
 
@@ -134,6 +136,8 @@ def write_run_record(chapter: str, profile: str, device: Any, seconds: float,
               "finished": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "clutils": __version__, "torch": torch.__version__.split("+")[0],
               "python": platform.python_version()}
+    if directory is None:  # $CLUTILS_RECORDS redirects the records of a check run (make verify)
+        directory = os.environ.get("CLUTILS_RECORDS") or RECORDS_DIR
     path = Path(directory) / f"{chapter}.{profile}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")

@@ -10,15 +10,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
 
-__all__ = ["Checkpointer", "ConfigMismatchError", "fingerprint", "weights_digest"]
+__all__ = ["Checkpointer", "CheckpointError", "ConfigMismatchError", "check_writable_folder", "fingerprint",
+           "weights_digest"]
 
 
-class ConfigMismatchError(RuntimeError):
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be used: damaged, empty, or not written by clutils."""
+
+
+class ConfigMismatchError(CheckpointError):
     """A run folder holds a checkpoint from another configuration."""
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str = "checkpoint_dir") -> Path:
+    """Create ``folder`` if needed and prove it writable (write and remove a probe file), or raise.
+
+    ``NotADirectoryError`` if it (or a parent) is a file, ``PermissionError`` if it cannot be
+    written; both name the folder.  Called before training, so a bad folder never costs a task.
+    """
+    folder = Path(folder)
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise NotADirectoryError(f"{what} {folder} cannot be used: {part} is a file, not a folder. "
+                                     f"Choose another folder (or move the file away).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"{what}: cannot write to {folder} ({type(err).__name__}: {err.strerror or err}). "
+                              f"Choose a folder you can write to, or fix its permissions.") from None
+    return folder
 
 
 def fingerprint(config: dict) -> str:
@@ -51,7 +78,22 @@ class Checkpointer:
     def load(self) -> dict | None:
         if not self.path.exists():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        advice = "Delete it to start this run afresh (or point checkpoint_dir at another folder)."
+        if self.path.stat().st_size == 0:
+            raise CheckpointError(f"{self.path} is empty (a copy or a disk that failed?). {advice}")
+        try:  # weights_only: tensors and plain Python values only, so a foreign file cannot run code
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # EOFError, UnpicklingError, RuntimeError (zip) ... : all mean "unreadable"
+            if "weights only load failed" in str(err).lower() and "unsupported global" in str(err).lower():
+                raise CheckpointError(
+                    f"{self.path} holds Python objects other than tensors and plain values, which clutils does "
+                    f"not unpickle (a foreign file, or a strategy whose state_dict holds objects: keep its state "
+                    f"in tensors). {advice}") from None
+            raise CheckpointError(f"{self.path} is damaged and cannot be read ({type(err).__name__}: {err}); "
+                                  f"it may be truncated. {advice}") from None
+        if not isinstance(state, dict) or "fingerprint" not in state or "task" not in state:
+            raise CheckpointError(f"{self.path} is not a clutils checkpoint (it holds a {type(state).__name__}"
+                                  f"{' without a fingerprint' if isinstance(state, dict) else ''}). {advice}")
         if state.get("fingerprint") != self.key:
             raise ConfigMismatchError(
                 f"{self.path} was written by a different configuration (fingerprint {state.get('fingerprint')} "

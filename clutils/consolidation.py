@@ -81,7 +81,7 @@ def task_inputs(stream: Stream, t: int, n_samples: int | None = None, seed: int 
 
 
 def check_sampling(n_samples: int | None, **sizes: int | None) -> None:
-    if n_samples is not None and (isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1):
+    if n_samples is not None and (isinstance(n_samples, bool) or not hasattr(n_samples, "__index__") or n_samples < 1):
         raise ValueError(f"n_samples must be a positive integer or None (all training inputs), got {n_samples!r}.")
     for what, v in sizes.items():
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):

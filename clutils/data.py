@@ -17,6 +17,8 @@ three scenarios of van de Ven & Tolias (2019):
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,8 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from ._checks import check_int, check_int_sequence, check_str
 
 __all__ = [
     "DATASETS", "SCENARIOS", "STREAMS", "Dataset", "Task", "Stream", "data_root",
@@ -47,6 +51,23 @@ class Dataset:
     y_test: Tensor
     image_shape: tuple[int, int]
 
+    def __post_init__(self) -> None:
+        for split_, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+                raise TypeError(f"Dataset {self.name!r}: x_{split_} and y_{split_} must be torch tensors, got "
+                                f"{type(x).__name__} and {type(y).__name__}.")
+            if x.ndim != 2 or not x.is_floating_point():
+                raise ValueError(f"Dataset {self.name!r}: x_{split_} must be a float tensor of shape (N, features), "
+                                 f"got {x.dtype} of shape {tuple(x.shape)}; flatten the images and scale them to [0, 1].")
+            if y.ndim != 1 or y.dtype != torch.int64:
+                raise ValueError(f"Dataset {self.name!r}: y_{split_} must be an int64 tensor of shape (N,), got "
+                                 f"{y.dtype} of shape {tuple(y.shape)}; convert it with y.long().")
+            if len(x) != len(y):
+                raise ValueError(f"Dataset {self.name!r}: x_{split_} has {len(x)} rows but y_{split_} {len(y)} labels.")
+        if self.x_train.shape[1] != self.x_test.shape[1]:
+            raise ValueError(f"Dataset {self.name!r}: train images have {self.x_train.shape[1]} features, "
+                             f"test images {self.x_test.shape[1]}.")
+
     @property
     def n_features(self) -> int:
         return self.x_train.shape[1]
@@ -59,6 +80,11 @@ class Dataset:
         return Dataset(self.name, self.x_train.to(device), self.y_train.to(device),
                        self.x_test.to(device), self.y_test.to(device), self.image_shape)
 
+    def clone(self) -> "Dataset":
+        """A copy whose tensors share no memory with this one."""
+        return Dataset(self.name, self.x_train.clone(), self.y_train.clone(), self.x_test.clone(),
+                       self.y_test.clone(), self.image_shape)
+
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """Where datasets live: ``root`` if given, else ``$CLUTILS_DATA``, else ``~/.cache/clutils``."""
@@ -70,7 +96,7 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def _check_name(name: str, allowed: Sequence[str], what: str) -> str:
-    key = name.lower().replace("-", "_")
+    key = check_str(name, what, allowed).lower().replace("-", "_")
     if key not in allowed:
         raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(allowed)}.")
     return key
@@ -93,6 +119,9 @@ def _load_cpu(name: str, root: str) -> Dataset:
     import torchvision
 
     cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    raw = Path(root) / cls.__name__ / "raw"
+    _check_idx_files(raw, [Path(url).name.removesuffix(".gz") for url, _ in cls.resources])
+    created = [d for d in (Path(root), raw.parent, raw) if not d.exists()]
     parts = []
     for train in (True, False):
         try:
@@ -101,25 +130,85 @@ def _load_cpu(name: str, root: str) -> Dataset:
             try:
                 ds = cls(root=root, train=train, download=True)
             except Exception as err:  # no network, blocked host, ...
+                _remove_empty(created)
                 raise FileNotFoundError(
-                    f"{name} is not under {root}/{cls.__name__}/raw and could not be downloaded "
+                    f"{name} is not under {raw} and could not be downloaded "
                     f"({type(err).__name__}: {err}). Point clutils at a folder that holds it "
                     f"(load_dataset({name!r}, root=...) or the {ENV_VAR} environment variable), "
                     f"connect to the network, or use the offline dataset 'digits'."
                 ) from None
+            _check_idx_files(raw, [Path(url).name.removesuffix(".gz") for url, _ in cls.resources])
         x = ds.data.reshape(len(ds.data), -1).to(torch.float32) / 255.0
         parts += [x, ds.targets.to(torch.int64)]
     return Dataset(name, *parts, image_shape=(28, 28))
 
 
+def _check_idx_files(folder: Path, names: Sequence[str]) -> None:
+    """Refuse a corrupted or truncated IDX file (MNIST's format) before torchvision reads it.
+
+    An IDX file is a 4-byte magic number ``0 0 type ndim``, then ``ndim`` big-endian uint32 sizes,
+    then ``prod(sizes)`` items; MNIST's are unsigned bytes (type ``0x08``), so the file must hold
+    exactly ``4 + 4 * ndim + prod(sizes)`` bytes.
+    """
+    for fname in names:
+        path = folder / fname
+        if not path.is_file():
+            continue  # missing files are torchvision's to download
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+            problem = None
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08 or head[3] not in (1, 3):
+                problem = f"its header {head.hex() or '(empty)'} is not an IDX header of unsigned bytes (00000801 or 00000803)"
+            else:
+                dims = f.read(4 * head[3])
+                if len(dims) < 4 * head[3]:
+                    problem = f"it ends inside its header ({size} bytes)"
+                else:
+                    shape = [int.from_bytes(dims[i:i + 4], "big") for i in range(0, len(dims), 4)]
+                    expected = 4 + 4 * head[3] + math.prod(shape)
+                    if size != expected:
+                        problem = (f"its header announces {'x'.join(map(str, shape))} bytes of data, so "
+                                   f"{expected} bytes in all, but it holds {size} (truncated or corrupted)")
+        if problem:
+            raise ValueError(f"{path} is corrupted: {problem}. Delete it (and its .gz if there is one) and load "
+                             f"the dataset again to re-download it, or copy an intact file there.")
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders a failed download created, deepest first, if they are still empty."""
+    for d in reversed(folders):
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # not empty (a partial download the user may want to see) or already gone
+
+
 def load_dataset(name: str, root: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Dataset:
-    """Load ``mnist``, ``fashion_mnist`` or ``digits`` once into float tensors on ``device``.
+    """Load ``mnist``, ``fashion_mnist`` or ``digits`` into float tensors on ``device``.
 
     The data root is ``root``, else ``$CLUTILS_DATA``, else ``~/.cache/clutils``;
     torchvision downloads MNIST there when it is missing and the network allows.
+    Files are read once per process; every call returns its own copy of the tensors, so
+    changing them in place (``d.x_train -= mean``) never reaches another caller.
+    ``device="auto"`` means CUDA when available, else the CPU.
     """
     key = _check_name(name, DATASETS, "dataset")
-    return _load_cpu(key, str(data_root(root))).to(device)
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path (str or Path), got {root!r} ({type(root).__name__}).")
+    dev = _resolve_device(device)
+    cached = _load_cpu(key, str(data_root(root)))
+    # a copy on the CPU is a memcpy (MNIST: 0.2 GB in ~0.1 s); moving to another device copies anyway
+    return cached.clone() if dev.type == "cpu" else cached.to(dev)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    from .training import resolve_device  # training imports this module; resolve lazily
+
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'auto', or a torch.device; "
+                        f"got {device!r} ({type(device).__name__}).")
+    return resolve_device(device)
 
 
 class _Memo:
@@ -299,13 +388,18 @@ def _relabel(y: Tensor, classes: Sequence[int], offset: int) -> Tensor:
 
 def _class_stream(ds: Dataset, groups: Sequence[Sequence[int]], scenario: str, name: str) -> Stream:
     scenario = _check_name(scenario, SCENARIOS, "scenario")
+    groups = _check_groups(groups)
     if len(groups) == 0:
         raise ValueError("a stream needs at least one task; got zero class groups.")
     known = set(ds.classes)
     seen: set[int] = set()
     for g in groups:
         if len(g) == 0:
-            raise ValueError(f"empty class group in {list(map(list, groups))}; every task needs a class.")
+            raise ValueError(f"empty class group in {groups}; every task needs a class.")
+        twice = sorted({c for c in g if g.count(c) > 1})
+        if twice:
+            raise ValueError(f"class group {g} lists classes {twice} more than once; list each class once "
+                             f"(a repeated class would leave an output no example ever trains).")
         bad = [c for c in g if c not in known]
         if bad:
             raise ValueError(f"classes {bad} do not exist in {ds.name} (its classes are {sorted(known)}).")
@@ -329,10 +423,34 @@ def _class_stream(ds: Dataset, groups: Sequence[Sequence[int]], scenario: str, n
                    "scenario": scenario})
 
 
+def _check_groups(groups: Sequence[Sequence[int]]) -> list[list[int]]:
+    """``groups`` as a list of lists of ints, or a ``TypeError`` that shows the expected shape."""
+    example = "[[0, 1], [2, 3]]"
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
+        raise TypeError(f"groups must be a list of class lists, one per task, such as {example}; got {groups!r}.")
+    out = []
+    for g in groups:
+        if isinstance(g, (str, bytes)) or not isinstance(g, (Sequence, Tensor)):
+            raise TypeError(f"groups must be a list of class lists, one per task, such as {example}; "
+                            f"got the entry {g!r} in {groups!r}.")
+        out.append([check_int(c, "every class in groups") for c in g])
+    return out
+
+
 def split(ds: Dataset, classes_per_task: int = 2, scenario: str = "task",
           order: Sequence[int] | None = None) -> Stream:
-    """Split a dataset into tasks of ``classes_per_task`` consecutive classes of ``order``."""
-    order = list(ds.classes if order is None else order)
+    """Split a dataset into tasks of ``classes_per_task`` consecutive classes of ``order``.
+
+    ``order`` (default: every class, ascending) lists each class at most once; a subset is allowed.
+    """
+    classes_per_task = check_int(classes_per_task, "classes_per_task")
+    order = ds.classes if order is None else check_int_sequence(order, "order", example="[3, 1, 0, 2]")
+    twice = sorted({c for c in order if order.count(c) > 1})
+    if twice:
+        missing = sorted(set(ds.classes) - set(order))
+        raise ValueError(f"order lists classes {twice} more than once"
+                         + (f" (and leaves out {missing})" if missing else "")
+                         + "; list each class once.")
     if classes_per_task < 1 or len(order) % classes_per_task:
         raise ValueError(f"cannot split {len(order)} classes into tasks of {classes_per_task}; "
                          f"choose a divisor of {len(order)}.")
@@ -459,14 +577,31 @@ def make_stream(kind: str, dataset: str | Dataset = "mnist", *, scenario: str | 
         stream = make_stream(kind, dataset, scenario=scenario, root=root, device=device, **kwargs)
         return hold_out(stream, val_fraction, val_seed)
     kind = _check_name(kind, STREAMS, "stream")
+    build = {"permuted": permuted, "split": split, "disjoint": disjoint}[kind]
+    accepted = [k for k in inspect.signature(build).parameters if k != "ds"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"make_stream({kind!r}) got unknown argument(s) {unknown}; a {kind} stream takes "
+                        f"{', '.join(accepted)}.")
     if scenario is not None:
         kwargs["scenario"] = _check_name(scenario, SCENARIOS, "scenario")
     if kind == "permuted":
         _check_n_tasks(kwargs.get("n_tasks", 10))  # before any data is loaded
-    if kind == "disjoint" and not kwargs.get("groups"):
-        raise ValueError("a disjoint stream needs groups=[[...], [...]] of classes, one list per task.")
+        if "seed" in kwargs:
+            check_int(kwargs["seed"], "seed")
+    if kind == "disjoint":
+        if kwargs.get("groups") is None or (isinstance(kwargs["groups"], Sequence) and len(kwargs["groups"]) == 0):
+            raise ValueError("a disjoint stream needs groups=[[...], [...]] of classes, one list per task.")
+        _check_groups(kwargs["groups"])
+    if kind == "split":
+        check_int(kwargs.get("classes_per_task", 2), "classes_per_task")
+        if kwargs.get("order") is not None:
+            check_int_sequence(kwargs["order"], "order", example="[3, 1, 0, 2]")
     if isinstance(dataset, Dataset):
-        ds = dataset if device is None else dataset.to(device)
+        ds = dataset if device is None else dataset.to(_resolve_device(device))
+    elif isinstance(dataset, str):
+        ds = load_dataset(dataset, root=root, device="cpu" if device is None else device)
     else:
-        ds = load_dataset(dataset, root=root, device=device or "cpu")
-    return {"permuted": permuted, "split": split, "disjoint": disjoint}[kind](ds, **kwargs)
+        raise TypeError(f"dataset must be a name ({', '.join(DATASETS)}) or a Dataset, got {dataset!r} "
+                        f"({type(dataset).__name__}).")
+    return build(ds, **kwargs)

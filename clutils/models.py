@@ -11,6 +11,8 @@ from typing import Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int, check_int_sequence
+
 __all__ = ["MLP", "ContinualModel", "check_model"]
 
 
@@ -67,6 +69,14 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, n_heads: int = 1):
         super().__init__()
+        if not isinstance(hidden, (list, tuple)) and not (hasattr(hidden, "__len__") and hasattr(hidden, "__getitem__")
+                                                          and not isinstance(hidden, str)):
+            raise TypeError(f"hidden must be a sequence of layer sizes such as (100, 100) or () for none, got "
+                            f"{hidden!r}; for one hidden layer of {hidden} units write MLP({in_features}, "
+                            f"({hidden},), {out_features}).")
+        n_heads = check_int(n_heads, "n_heads")
+        in_features, out_features = check_int(in_features, "in_features"), check_int(out_features, "out_features")
+        hidden = check_int_sequence(hidden, "hidden", example="(100, 100)")
         if n_heads < 1:
             raise ValueError(f"n_heads must be >= 1, got {n_heads}.")
         if in_features < 1 or out_features < 1 or any(h < 1 for h in hidden):

@@ -40,6 +40,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int
 from .models import ContinualModel
 
 __all__ = ["METHODS", "per_sample_sums", "batch_grad_sums", "check_inputs", "check_choice", "eval_mode", "active",
@@ -66,13 +67,47 @@ def check_inputs(model: nn.Module, x: Tensor, chunk_size: int, n_active: int | N
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}.")
     if len(x) == 0:
         raise ValueError("x holds no samples; importance is a mean over samples and needs at least one.")
-    if y is not None and (y.dim() != 1 or len(y) != len(x)):
-        raise ValueError(f"y must hold one label per sample: x has {len(x)} samples, y has shape {tuple(y.shape)}.")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    check_int(chunk_size, "chunk_size", minimum=1)
     out = model.out_features if isinstance(model, ContinualModel) else None
-    if n_active is not None and (n_active < 1 or (out is not None and n_active > out)):
-        raise ValueError(f"n_active must be between 1 and the number of outputs ({out}), got {n_active}.")
+    if n_active is not None:
+        check_int(n_active, "n_active")
+        if n_active < 1 or (out is not None and n_active > out):
+            raise ValueError(f"n_active must be between 1 and the number of outputs ({out}), got {n_active}.")
+    _check_x(model, x)
+    if y is not None:
+        _check_labels(y, len(x), n_active if n_active is not None else out)
+
+
+def _check_x(model: nn.Module, x: Tensor) -> None:
+    """Float inputs of the model's dtype and width, all finite (a NaN pixel makes every importance NaN)."""
+    p = next(model.parameters(), None)
+    if not x.is_floating_point():
+        raise TypeError(f"x is {x.dtype}: importance needs float inputs like the training data (pixels in "
+                        f"[0, 1]); convert with x.float() / 255 for raw bytes, or x.float().")
+    if p is not None and x.dtype != p.dtype:
+        raise TypeError(f"x is {x.dtype} but the model's parameters are {p.dtype}; convert with x.to({p.dtype}) "
+                        f"(or the model with model.to({x.dtype})).")
+    width = x[:1].flatten(1).shape[1]
+    if isinstance(model, ContinualModel) and width != model.in_features:
+        raise ValueError(f"x has {width} features per sample but the model takes {model.in_features}; "
+                         f"give inputs of the stream the model was built for.")
+    n_bad = int((~torch.isfinite(x)).sum())  # one pass over x, one host sync per importance call
+    if n_bad:
+        raise ValueError(f"x holds {n_bad} non-finite values (NaN or inf), which would make the importance NaN; "
+                         f"clean the inputs (e.g. torch.nan_to_num) or drop those samples.")
+
+
+def _check_labels(y: Tensor, n: int, n_classes: int | None) -> None:
+    if not isinstance(y, Tensor) or y.dtype in (torch.bool,) or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"y must hold integer class labels (torch.int64), got "
+                        f"{y.dtype if isinstance(y, Tensor) else type(y).__name__}; convert with y.long().")
+    if y.dim() != 1 or len(y) != n:
+        raise ValueError(f"y must hold one label per sample: x has {n} samples, y has shape {tuple(y.shape)}.")
+    if n_classes is not None and len(y):
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(f"labels must lie in [0, {n_classes}) (the outputs in play), got labels from {lo} to "
+                             f"{hi}; relabel them (a stream's y_train already is) or raise n_active.")
 
 
 @contextlib.contextmanager

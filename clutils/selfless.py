@@ -252,6 +252,18 @@ def active_neurons(mean_act: Tensor, rel_tol: float = 0.05) -> Tensor:
     return mean_act >= rel_tol * top
 
 
+def _n_hidden(model: nn.Module) -> int:
+    """How many hidden layers ``model`` exposes (``model.hidden`` of an MLP, else one probe forward pass)."""
+    hidden = getattr(model, "hidden", None)
+    if isinstance(hidden, (tuple, list)):
+        return len(hidden)
+    p = next(model.parameters(), None)
+    with torch.no_grad():
+        x = torch.zeros(1, model.in_features, device=p.device if p is not None else "cpu",
+                        dtype=p.dtype if p is not None else torch.float32)
+        return len(model.features(x))
+
+
 class SSL(Strategy):
     r"""Selfless Sequential Learning: add ``lam * sum_layers R(h_l)`` to the loss at every step.
 
@@ -303,6 +315,15 @@ class SSL(Strategy):
     @property
     def uses_importance(self) -> bool:
         return self.method in ("snid", "slnid")
+
+    def before_task(self, model: nn.Module, stream: Stream, t: int) -> None:
+        """Check, before the task trains, that the layers to regularise exist."""
+        n_layers = _n_hidden(model)
+        if n_layers == 0 and self.method != "none":
+            raise ValueError(f"SSL regularises hidden activations but the model has no hidden layer "
+                             f"({type(model).__name__} with hidden=()); give it at least one, e.g. "
+                             f"MLP({getattr(model, 'in_features', 784)}, (100,), ...), or train without SSL.")
+        self._layer_ids(n_layers)
 
     def _layer_ids(self, n_layers: int) -> list[int]:
         ids = list(range(n_layers)) if self.layers is None else self.layers

@@ -22,16 +22,26 @@ kernels, and returns that penalty's value for the logged loss and the NaN guard.
 
 ``config()`` describes a strategy for run records and the result cache: by default its class
 name and every argument its constructor was called with (defaults filled in), so a
-subclass's settings are captured without writing ``config()``.  A subclass that defines
+subclass's settings are captured without writing ``config()``.  A function argument (a custom
+importance closure) is described by its code and the values it captures, a tensor by a digest of
+its values; an argument that cannot be described (an object whose ``repr`` is only its address)
+makes ``train_stream`` refuse ``checkpoint_dir`` / ``cache_dir`` rather than risk resuming a
+different run.  Settings changed after construction (``s.k = 5``) are not seen: pass them to the
+constructor, or override ``config()``.  A strategy object serves one run: it keeps that run's
+state, and ``train_stream`` refuses to start a second run with it.  A subclass that defines
 ``__init__`` should call ``super().__init__()`` first, as every ``nn.Module`` does (one that
 forgets is initialised as a module anyway).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import inspect
+import types
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -40,21 +50,113 @@ from .data import Stream
 __all__ = ["Strategy", "Naive", "Joint", "FreezeFeatures", "Compose", "BufferDict"]
 
 
-def _describe(value: Any) -> Any:
-    """A JSON-friendly description of a constructor argument (for run records and fingerprints)."""
+def _describe(value: Any, depth: int = 0) -> Any:
+    """A JSON-friendly description of a constructor argument (for run records and fingerprints).
+
+    Numbers, strings, lists and dicts describe themselves; a tensor by its shape, dtype and a
+    digest of its values; a function by its name, a digest of its code, and the values it
+    captures (closure cells, defaults, the module-level data it reads), so two closures over
+    different data differ.  What cannot be described (an object whose ``repr`` shows only its
+    memory address) becomes ``{"undescribed": type}``; :func:`undescribed` lists those, and the
+    trainer refuses to checkpoint or cache a run whose strategy holds one.
+    """
+    if depth > 6:
+        return {"undescribed": f"{type(value).__name__} (nested too deeply)"}
+    d = depth + 1
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
-        return [_describe(v) for v in value]
+        return [_describe(v, d) for v in value]
     if isinstance(value, dict):
-        return {str(k): _describe(v) for k, v in value.items()}
+        return {str(k): _describe(v, d) for k, v in value.items()}
     if isinstance(value, Strategy):
         return value.config()
     if isinstance(value, Tensor):
-        return {"tensor": list(value.shape), "sum": float(value.double().sum())}
-    if callable(value):
-        return {"callable": f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__name__)}"}
-    return repr(value)
+        return {"tensor": list(value.shape), "dtype": str(value.dtype), "sha256": _tensor_digest(value)}
+    if isinstance(value, Stream):
+        return {"stream": value.description}
+    if isinstance(value, np.ndarray):
+        return _describe(torch.from_numpy(np.ascontiguousarray(value)), d)
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, (type, types.ModuleType)) or inspect.isbuiltin(value):
+        return {"callable": _qualname(value)}
+    if isinstance(value, functools.partial):
+        return {"partial": _describe(value.func, d), "args": _describe(value.args, d),
+                "keywords": _describe(value.keywords, d)}
+    if inspect.ismethod(value):
+        return {"method": _qualname(value), "self": _describe(value.__self__, d)}
+    if inspect.isfunction(value):
+        return _describe_function(value, d)
+    if dataclasses.is_dataclass(value):
+        return {"dataclass": _qualname(type(value)),
+                **{f.name: _describe(getattr(value, f.name), d) for f in dataclasses.fields(value)}}
+    if isinstance(value, nn.Module):
+        return {"module": repr(value), "state": {k: _describe(v, d) for k, v in value.state_dict().items()}}
+    text = repr(value)
+    if " at 0x" in text:  # object.__repr__: differs from process to process, describes nothing
+        return {"undescribed": _qualname(type(value))}
+    return text
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def _tensor_digest(t: Tensor) -> str:
+    data = t.detach().cpu().contiguous()
+    return hashlib.sha256(data.flatten().view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """A digest of a code object: its bytecode, constants (nested code recursively) and names."""
+    h = hashlib.sha256(code.co_code)
+    for c in code.co_consts:
+        h.update((_code_digest(c) if isinstance(c, types.CodeType) else repr(c)).encode())
+    h.update(repr((code.co_names, code.co_varnames)).encode())
+    return h.hexdigest()[:16]
+
+
+def _describe_function(fn: types.FunctionType, depth: int) -> dict:
+    out: dict[str, Any] = {"callable": _qualname(fn), "code": _code_digest(fn.__code__)}
+    if fn.__closure__:
+        out["closure"] = {name: _describe(_cell(c), depth) for name, c in zip(fn.__code__.co_freevars, fn.__closure__)}
+    if fn.__defaults__:
+        out["defaults"] = _describe(fn.__defaults__, depth)
+    if fn.__kwdefaults__:
+        out["kwdefaults"] = _describe(fn.__kwdefaults__, depth)
+    data = {n: fn.__globals__[n] for n in _global_names(fn.__code__) if n in fn.__globals__}
+    data = {n: v for n, v in data.items()
+            if not (callable(v) or isinstance(v, types.ModuleType))}  # data it reads; code is named above
+    if data:
+        out["globals"] = _describe(data, depth)
+    return out
+
+
+def _global_names(code: types.CodeType) -> list[str]:
+    names = list(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names += _global_names(c)
+    return sorted(set(names))
+
+
+def _cell(cell) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell (a name not bound yet)
+        return None
+
+
+def undescribed(config: Any, where: str = "strategy") -> list[str]:
+    """Where a :meth:`Strategy.config` holds something it could not describe (``[]``: nothing)."""
+    if isinstance(config, dict):
+        if set(config) == {"undescribed"}:
+            return [f"{where}: a {config['undescribed']}"]
+        return [u for k, v in config.items() for u in undescribed(v, f"{where}.{k}")]
+    if isinstance(config, list):
+        return [u for i, v in enumerate(config) for u in undescribed(v, f"{where}[{i}]")]
+    return []
 
 
 class Strategy(nn.Module):
@@ -148,6 +250,16 @@ class Compose(Strategy):
         bad = [p for p in parts if not isinstance(p, Strategy)]
         if bad:
             raise TypeError(f"Compose takes Strategy instances, got {bad!r}; e.g. Compose(MAS(0.1), SSL('slnid', 1e-3)).")
+        seen: dict[int, Strategy] = {}
+        for p in parts:
+            for sub in p.modules():
+                if isinstance(sub, Strategy) and not isinstance(sub, Compose):
+                    if id(sub) in seen:
+                        raise ValueError(
+                            f"the same {type(sub).__name__} object appears twice in Compose: its penalty would "
+                            f"count twice and it would learn twice per task. Use separate instances, e.g. "
+                            f"Compose({type(sub).__name__}(...), {type(sub).__name__}(...)), or one only.")
+                    seen[id(sub)] = sub
         data_changers = [p for p in parts if p.changes_data]
         if len(data_changers) > 1:
             raise ValueError(f"only one strategy may choose the training data, got {[p.name for p in data_changers]}.")

@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import Checkpointer, fingerprint, weights_digest
+from ._checks import check_int, check_int_sequence, check_positive_float
+from .checkpoint import Checkpointer, check_writable_folder, fingerprint, weights_digest
 from .data import Stream
 from .models import check_model
 from .results import RunResult, load_cached
-from .strategies import Naive, Strategy
+from .strategies import Naive, Strategy, undescribed
 
 __all__ = ["TrainConfig", "resolve_device", "seed_everything", "evaluate", "train_step", "train_stream",
            "NonFiniteLossError"]
@@ -73,31 +74,54 @@ class TrainConfig:
     flush_denormal: bool = False  # CPU: treat subnormal floats as 0 (faster when activations shrink, e.g. SLNID)
 
     def epochs_for(self, t: int) -> int:
-        if isinstance(self.epochs, int):
-            return self.epochs
+        if _is_int(self.epochs):
+            return int(self.epochs)
         return int(self.epochs[t])
 
     def validate(self, n_tasks: int) -> None:
+        """Refuse wrong types and values before any work: integers where counts are expected (a
+        float is never truncated silently), finite positive ``lr``, finite non-negative
+        ``momentum`` and ``weight_decay``, no momentum with Adam."""
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'.")
-        if self.optimizer == "adam" and self.momentum:
-            raise ValueError(f"optimizer='adam' has no momentum setting (got momentum={self.momentum}); set "
-                             f"momentum=0 (Adam's betas play that role) or use optimizer='sgd'.")
-        if not isinstance(self.epochs, int) and len(self.epochs) != n_tasks:
-            raise ValueError(f"epochs lists {len(self.epochs)} values for {n_tasks} tasks; give one per task or a single int.")
+        if not _is_int(self.epochs):
+            if isinstance(self.epochs, (str, bytes)) or not isinstance(self.epochs, Sequence):
+                raise TypeError(f"epochs must be an integer or one integer per task, got {self.epochs!r}.")
+            check_int_sequence(self.epochs, "epochs")
+            if len(self.epochs) != n_tasks:
+                raise ValueError(f"epochs lists {len(self.epochs)} values for {n_tasks} tasks; give one per task "
+                                 f"or a single int.")
         eps = [self.epochs_for(t) for t in range(n_tasks)]
         if any(e < 0 for e in eps):
             raise ValueError(f"epochs must be >= 0, got {self.epochs}.")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}.")
+        check_int(self.batch_size, "batch_size", minimum=1)
+        check_int(self.eval_batch_size, "eval_batch_size", minimum=1)
+        check_int(self.seed, "seed")
+        check_positive_float(self.lr, "lr")
+        check_positive_float(self.momentum, "momentum", allow_zero=True)
+        check_positive_float(self.weight_decay, "weight_decay", allow_zero=True)
+        if self.optimizer == "adam" and self.momentum:
+            raise ValueError(f"optimizer='adam' has no momentum setting (got momentum={self.momentum}); set "
+                             f"momentum=0 (Adam's betas play that role) or use optimizer='sgd'.")
+        for flag in ("eval_every_epoch", "flush_denormal"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
 
     def to_dict(self) -> dict:
         """The settings as plain JSON values (for run records and the cache fingerprint)."""
         d = asdict(self)
-        d["epochs"] = self.epochs if isinstance(self.epochs, int) else list(self.epochs)
+        d["epochs"] = int(self.epochs) if _is_int(self.epochs) else [int(e) for e in self.epochs]
+        for k in ("batch_size", "eval_batch_size", "seed"):
+            d[k] = int(d[k])
         return d
+
+
+def _is_int(value) -> bool:
+    try:
+        check_int(value, "")
+        return True
+    except TypeError:
+        return False
 
 
 
@@ -211,21 +235,78 @@ def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: Train
     n_active, n = stream.active_outputs(t), len(y)
     model.train()
     for epoch in range(cfg.epochs_for(t)):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + t * 1_009 + epoch)
+        g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + t * 1_009 + epoch)
         order = torch.randperm(n, generator=g).to(dev)
         loss_sum = torch.zeros((), device=dev)
         for i in range(0, n if opt is not None else 0, cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             loss_sum += train_step(model, opt, strategy, x[idx], y[idx],
                                    heads[idx] if isinstance(heads, Tensor) else heads, n_active, t)
-        if not torch.isfinite(loss_sum):  # one host sync per epoch
-            raise NonFiniteLossError(
-                f"the training loss became {loss_sum.item()} in task {t} ({stream[t].name}), epoch {epoch}: "
-                f"the learning rate ({cfg.lr}) or a regularisation strength (lambda) is probably too large. "
-                f"Lower it and run again.")
+        # one host sync per epoch: the summed loss of the steps taken, and the parameters (a blow-up
+        # on the last step of the epoch shows only in them)
+        finite = torch.isfinite(loss_sum)
+        if params:
+            finite = finite & torch.stack([torch.isfinite(p).all() for p in params]).all()
+        if not finite:
+            _raise_non_finite(model, stream, cfg, t, epoch, loss_sum)
         if cfg.eval_every_epoch:
             curves.append({"task": t, "epoch": epoch, "acc": evaluate(model, stream, t, cfg.eval_batch_size)})
         bar.update(1)
+
+
+def _raise_non_finite(model: nn.Module, stream: Stream, cfg: TrainConfig, t: int, epoch: int, loss_sum: Tensor):
+    advice = (f"the learning rate ({cfg.lr}) or a regularisation strength (lambda) is probably too large. "
+              f"Lower it and run again.")
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteLossError(
+            f"the parameters became non-finite (NaN or inf) in task {t} ({stream[t].name}), epoch {epoch}: "
+            f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}; {advice}")
+    raise NonFiniteLossError(f"the training loss became {loss_sum.item()} in task {t} ({stream[t].name}), "
+                             f"epoch {epoch}: {advice}")
+
+
+def _check_strategy(strategy) -> Strategy:
+    if strategy is None:
+        return Naive()
+    if isinstance(strategy, type) and issubclass(strategy, Strategy):
+        raise TypeError(f"strategy is the class {strategy.__name__}, not a strategy: pass an instance such as "
+                        f"{strategy.__name__}(...) with its settings.")
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"strategy must be a clutils Strategy (Naive(), EWC(10.0), Compose(...), ...), got "
+                        f"{strategy!r} ({type(strategy).__name__}).")
+    return strategy
+
+
+def _used(strategy: Strategy) -> list[Strategy]:
+    """The strategies (``strategy`` or its parts) that already trained a run, and so hold its state."""
+    return [s for s in strategy.modules() if isinstance(s, Strategy) and s.__dict__.get("_trained_a_run")]
+
+
+def _refuse_used(strategy: Strategy) -> None:
+    used = _used(strategy)
+    if used:
+        u = used[0]
+        raise ValueError(
+            f"this {type(u).__name__} object already trained a run: it holds that run's state (importances, "
+            f"anchors, ...), so a second run would not start fresh. Build a new one for every run, e.g. "
+            f"{type(u).__name__}(...) with the same settings (or copy.deepcopy it before its first run).")
+
+
+def _check_folders(config: dict, checkpoint_dir, cache_dir) -> None:
+    """Before training: a resumable run needs a strategy it can describe and folders it can write."""
+    if checkpoint_dir is None and cache_dir is None:
+        return
+    opaque = undescribed(config["strategy"])
+    if opaque:
+        raise ValueError(
+            f"the strategy's configuration cannot be described ({', '.join(opaque[:3])}): a checkpoint or cache "
+            f"entry could then be resumed by a run with other settings. Pass arguments clutils can describe "
+            f"(numbers, strings, tensors, functions of those) or give the strategy a config() that names every "
+            f"setting; or run without checkpoint_dir / cache_dir.")
+    for folder, what in ((checkpoint_dir, "checkpoint_dir"), (cache_dir, "cache_dir")):
+        if folder is not None:
+            check_writable_folder(folder, what)
 
 
 def _timed(fn, dev: torch.device) -> float:
@@ -257,8 +338,10 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
     keeps its initial weights); an unfinished one resumes.  ``stop_after_task`` ends the run early
     (as a kill would), leaving the checkpoint behind.
     """
-    strategy = Naive() if strategy is None else strategy
-    cfg = cfg or TrainConfig()
+    strategy = _check_strategy(strategy)
+    cfg = TrainConfig() if cfg is None else cfg
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig (e.g. TrainConfig(epochs=2, lr=0.01)), got {type(cfg).__name__}.")
     cfg.validate(len(stream))
     _check_model_fits(model, stream)
     dev = resolve_device(device)
@@ -267,6 +350,7 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
         stream = stream.to(dev)
     config = run_config(model, stream, strategy, cfg)
     key = fingerprint(config)
+    _check_folders(config, checkpoint_dir, cache_dir)
     if cache_dir is not None:
         cached = load_cached(Path(cache_dir) / f"{key}.json")
         if cached is not None:
@@ -283,6 +367,11 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
             p.requires_grad_(flag)
         acc, val_acc, curves, timings = state["acc"], state["val_acc"], state["curves"], state["timings"]
         start = state["task"] + 1
+    else:
+        _refuse_used(strategy)  # resuming replaces the state; a fresh start needs a fresh strategy
+    for s in strategy.modules():
+        if isinstance(s, Strategy):
+            s._trained_a_run = True
     strategy.to(dev)
 
     T = len(stream)

@@ -1,0 +1,179 @@
+r"""The reproductions registry: every outside number the book compares with, beside ours.
+
+``book/reproductions.toml`` holds one ``[[row]]`` per outside number::
+
+    [[row]]
+    id = "ssl-mas-h64"                       # unique
+    chapter = "04_selfless"
+    claim = "MAS, permuted MNIST (5 tasks), 784-64-64-10: mean final accuracy (%)"
+    source = "paper + table / code repository + commit + how it was run"
+    protocol = "their protocol, and how ours differs"
+    reference = { mean = 90.90, sd = 0.21, n = 5 }   # theirs (sd, n optional)
+    tolerance = 1.0                          # points: |ours - theirs| <= tolerance is "reproduced"
+    verdict = "reproduced"                   # or "gap" (then `note` explains the gap, with a measurement)
+    note = "..."
+    # ours, either from committed run records (RunResult JSON files, e.g. the result cache) ...
+    results = "book/results/04_selfless"
+    select = { "strategy.parts.0.name" = "mas", "strategy.parts.1.method" = "none", "model" = "*64*" }
+    metric = "acc"                           # a RunResult.summary() key, reported x 100
+    # ... or from a number a chapter glued into its committed outputs (one run):
+    # notebook = "book/02_ewc.ipynb"
+    # glue = "ch2_wi_sgd_pooled"
+
+:func:`table` computes ours (mean ± sd over the matching runs, n) and Δ; :func:`write_page` renders
+``book/reproductions.md``; the test suite checks the page is current and that every row called
+"reproduced" lies within its tolerance, so a change that moves a reproduced number out of its band
+fails CI.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import statistics
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .results import RunResult
+
+__all__ = ["load_registry", "ours", "table", "render", "write_page", "REGISTRY", "PAGE"]
+
+ROOT = Path(__file__).resolve().parents[1]
+REGISTRY = ROOT / "book" / "reproductions.toml"
+PAGE = ROOT / "book" / "reproductions.md"
+REQUIRED = ("id", "chapter", "claim", "source", "protocol", "reference", "tolerance", "verdict")
+VERDICTS = ("reproduced", "gap", "not reproduced")
+
+
+def load_registry(path: str | Path = REGISTRY) -> list[dict]:
+    """The rows of the registry, checked: required keys, a known verdict, one source of ours, unique ids."""
+    path = Path(path)
+    rows = tomllib.loads(path.read_text()).get("row", [])
+    seen = set()
+    for i, row in enumerate(rows):
+        where = f"{path.name}, row {i + 1} ({row.get('id', 'no id')})"
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise ValueError(f"{where}: missing {missing}.")
+        if row["verdict"] not in VERDICTS:
+            raise ValueError(f"{where}: verdict must be one of {VERDICTS}, got {row['verdict']!r}.")
+        if row["verdict"] != "reproduced" and not row.get("note"):
+            raise ValueError(f"{where}: a {row['verdict']!r} row needs a note explaining the difference.")
+        if ("results" in row) == ("glue" in row) and row["verdict"] != "not reproduced":
+            raise ValueError(f"{where}: give ours either as results + select or as notebook + glue.")
+        if row["id"] in seen:
+            raise ValueError(f"{where}: duplicate id.")
+        seen.add(row["id"])
+    return rows
+
+
+def _get(d: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if isinstance(d, list):
+            d = d[int(part)] if part.isdigit() and int(part) < len(d) else None
+        elif isinstance(d, dict):
+            d = d.get(part)
+        else:
+            return None
+    return d
+
+
+def _matches(config: dict, select: dict) -> bool:
+    for key, want in select.items():
+        got = _get(config, key)
+        if isinstance(want, str) and isinstance(got, str):
+            if not fnmatch.fnmatchcase(got, want):
+                return False
+        elif got != want:
+            return False
+    return True
+
+
+def _glued(notebook: Path, name: str) -> float:
+    nb = json.loads(notebook.read_text())
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            scrap = out.get("metadata", {}).get("scrapbook", {})
+            if scrap.get("name") == name:  # MyST-NB's glue: the value under <mime_prefix>text/plain
+                return float(out["data"][scrap.get("mime_prefix", "") + "text/plain"])
+    raise KeyError(f"{notebook.name} glues no value named {name!r}; run the chapter or fix the registry.")
+
+
+def ours(row: dict, root: Path = ROOT) -> list[float]:
+    """Our values for a row (one per matching run, x 100 for a summary metric)."""
+    if "glue" in row:
+        return [_glued(root / row["notebook"], row["glue"])]
+    if "results" not in row:
+        return []
+    values = []
+    for path in sorted((root / row["results"]).glob("*.json")):
+        res = RunResult.load(path)
+        if _matches(res.config, row.get("select", {})):
+            values.append(100 * res.summary()[row.get("metric", "acc")])
+    return values
+
+
+def table(rows: list[dict] | None = None, root: Path = ROOT) -> list[dict]:
+    """One dict per row: theirs, ours (mean, sd, n), delta and whether it lies within the tolerance."""
+    out = []
+    for row in rows if rows is not None else load_registry():
+        v = ours(row, root)
+        mean = statistics.fmean(v) if v else math.nan
+        sd = statistics.stdev(v) if len(v) > 1 else math.nan
+        ref = row["reference"]
+        delta = mean - ref["mean"]
+        out.append({**row, "ours_mean": mean, "ours_sd": sd, "ours_n": len(v), "delta": delta,
+                    "within": bool(v) and abs(delta) <= row["tolerance"]})
+    return out
+
+
+def _pm(mean: float, sd: float | None, n: int | None) -> str:
+    if mean is None or math.isnan(mean):
+        return "—"
+    s = f"{mean:.2f}"
+    if sd is not None and not math.isnan(sd):
+        s += f" ± {sd:.2f}"
+    return s + (f" (n={n})" if n else "")
+
+
+def render(rows: list[dict]) -> str:
+    """The reproductions page (MyST markdown)."""
+    lines = [
+        "# Reproductions",
+        "",
+        "Every outside number the book compares with, beside ours. Theirs come with their source and",
+        "protocol; ours are computed from the committed run records (mean ± sd over seeds, n runs) or from",
+        "the number a chapter glued into its committed outputs. *Reproduced* means within the row's",
+        "tolerance of their mean; a *gap* is explained in its note. This page is generated from",
+        "`book/reproductions.toml` (`python -m clutils.reproductions`), and the test suite fails when a",
+        "reproduced number leaves its band.",
+        "",
+        "| claim | theirs | ours | Δ | tolerance | verdict | chapter |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for r in rows:
+        ref = r["reference"]
+        delta = "—" if math.isnan(r["delta"]) else f"{r['delta']:+.2f}"
+        lines.append(f"| {r['claim']} | {_pm(ref['mean'], ref.get('sd'), ref.get('n'))} | "
+                     f"{_pm(r['ours_mean'], r['ours_sd'], r['ours_n'])} | {delta} | {r['tolerance']:g} | "
+                     f"{r['verdict']} | {{doc}}`{r['chapter']}` |")
+    lines += ["", "## Sources, protocols and notes", ""]
+    for r in rows:
+        lines += [f"**{r['claim']}**", "",
+                  f"- Source: {r['source']}",
+                  f"- Protocol: {r['protocol']}"]
+        if r.get("note"):
+            lines.append(f"- Note: {r['note']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_page(path: str | Path = PAGE) -> Path:
+    path = Path(path)
+    path.write_text(render(table()))
+    return path
+
+
+if __name__ == "__main__":
+    print(write_page())
