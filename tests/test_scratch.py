@@ -126,6 +126,52 @@ def test_ch4_scratch_slni_on_the_chapters_hand_example():
     assert math.isclose(float(ns["slni_by_loop"](H, sigma=1.0)), 7 * math.exp(-0.5) + math.exp(-2), rel_tol=1e-12)
 
 
+# ----------------------------------------------------------------------------- chapter 5: SI
+
+def _si_with_clutils(net, batches, lr, xi=0.1):
+    """clutils.SI's Omega after one task of plain SGD on ``batches`` (c = 0: only the bookkeeping)."""
+    si = cl.SI(0.0, xi=xi)
+    si.before_task(net, None, 0)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    for x, y in batches:
+        cl.train_step(net, opt, si, x, y, 0, net.out_features, 0)
+    return si.importance(net, None, 0)
+
+
+@pytest.mark.parametrize("lr, xi", [(0.05, 0.1), (0.5, 1e-3)])
+def test_ch5_scratch_si_matches_clutils_si(lr, xi):
+    ns = run_scratch_cell("05_scenarios.ipynb")
+    x, y = _data(n=48)
+    batches = [(x[i:i + 12], y[i:i + 12]) for i in range(0, 48, 12)] * 3
+    net_a, net_b = _small_mlp(), _small_mlp()
+    ours = ns["si_by_hand"](net_a, batches, lr, xi=xi)
+    fast = _si_with_clutils(net_b, batches, lr, xi=xi)
+    assert set(ours) == set(fast) == {n for n, _ in net_a.named_parameters()}
+    for name in ours:
+        torch.testing.assert_close(ours[name], fast[name], rtol=1e-9, atol=1e-12)
+    for a, b in zip(net_a.parameters(), net_b.parameters()):  # both trained the same way
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_ch5_scratch_si_path_integral_is_the_loss_decrease_for_small_steps():
+    """sum_i Omega_i (Delta_i^2 + xi) = sum_i max(w_i, 0) >= sum_i w_i ~ L(start) - L(end) with a small learning rate."""
+    ns = run_scratch_cell("05_scenarios.ipynb")
+    x, y = _data(n=32)
+    net = _small_mlp()
+    start = {n: p.detach().clone() for n, p in net.named_parameters()}
+    def loss():
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(net(x), y))
+
+    before = loss()
+    omega = ns["si_by_hand"](net, [(x, y)] * 200, 0.01, xi=0.1)
+    decrease = before - loss()
+    clamped = sum(float((omega[n] * ((p.detach() - start[n]) ** 2 + 0.1)).sum()) for n, p in net.named_parameters())
+    assert decrease > 0.05
+    assert clamped >= decrease * (1 - 2e-2)  # the positive part of the path integral covers the decrease
+    assert all(bool((o >= 0).all()) for o in omega.values())  # the clamp
+
+
 # ----------------------------------------------------------------------------- textbook conventions
 
 def _tags(cell) -> list[str]:
