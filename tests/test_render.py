@@ -203,7 +203,8 @@ def test_page_renders_offline_with_math_and_figures(site, browser, doc):
 
     assert not outside, f"{rel} requested resources from outside the book: {outside}"
     assert not failed and not bad_status, f"{rel}: requests failed: {failed} {bad_status}"
-    assert info["mathjax_loaded"] and str(info["mathjax_version"]).startswith("3."), f"{rel}: MathJax 3 did not load"
+    if info["math_elements"] or doc.suffix == ".ipynb":  # Sphinx loads MathJax only where there is math
+        assert info["mathjax_loaded"] and str(info["mathjax_version"]).startswith("3."), f"{rel}: MathJax 3 did not load"
     assert not info["untypeset"], f"{rel}: equations left untypeset: {info['untypeset'][:3]}"
     assert info["containers"] >= info["math_elements"], f"{rel}: {info}"
     assert not info["tex_errors"], f"{rel}: MathJax reported TeX errors: {info['tex_errors'][:3]}"
