@@ -108,9 +108,9 @@ def l2(lam):
     return L2(lam)
 
 
-def _specs():
+def _specs():  # one thread per run, as on a Dask worker with threads_per_worker=1 (floats depend on the count)
     return [sw.RunSpec(perm_model, L2(lam), PERM, TrainConfig(epochs=1, batch_size=64, lr=0.05, seed=s), s, "cpu",
-                       extras={"value": lam, "seed": s}) for lam in (0.0, 1.0) for s in (0, 1)]
+                       extras={"value": lam, "seed": s}, threads=1) for lam in (0.0, 1.0) for s in (0, 1)]
 
 
 def test_thread_pool_matches_in_process_and_progress_counts_runs(capsys):
