@@ -199,9 +199,10 @@ class Consolidation(Strategy):
         self._bound = None
         return super()._apply(fn, *args, **kwargs)
 
-    def grad_penalty(self, model: nn.Module, t: int) -> Tensor | None:
+    def grad_penalty(self, model: nn.Module, t: int, with_value: bool = True) -> Tensor | None:
         r"""Add :math:`\lambda A\odot(\theta-\bar\theta)` to every consolidated parameter's ``.grad`` and
-        return the penalty :math:`\frac\lambda2\big(\sum_i A_i(\theta_i-\bar\theta_i)^2+c\big)`."""
+        return the penalty :math:`\frac\lambda2\big(\sum_i A_i(\theta_i-\bar\theta_i)^2+c\big)`
+        (``with_value=False``: the gradient only, about a third of the cost, and ``None``)."""
         if len(self.omega) == 0:
             return None
         bound = self._bound if self._bound is not None and self._bound[0] is model else self._bind(model)
@@ -210,10 +211,17 @@ class Consolidation(Strategy):
         with torch.no_grad():
             d = torch._foreach_sub(P, M)  # theta - theta-bar
             Ad = torch._foreach_mul(d, A)
-            value = torch.stack([torch.vdot(a.view(-1), b.view(-1)) for a, b in zip(Ad, d)]).sum()
             trained = [i for i, p in enumerate(P) if p.grad is not None]
             torch._foreach_add_([P[i].grad for i in trained], [Ad[i] for i in trained], alpha=lam)
+            if not with_value:
+                return None
+            value = torch.stack([torch.vdot(a.view(-1), b.view(-1)) for a, b in zip(Ad, d)]).sum()
         return 0.5 * lam * (value + self.const.to(value.dtype))
+
+    @torch.no_grad()
+    def penalty_value(self, model: nn.Module, t: int) -> Tensor | None:
+        """:math:`\\frac\\lambda2\\big(\\sum_i A_i(\\theta_i-\\bar\\theta_i)^2+c\\big)` now, without gradients."""
+        return self.value(model)
 
     def value(self, model: nn.Module) -> Tensor | None:
         r"""The same penalty as a differentiable expression: :math:`\frac\lambda2\sum_iA_i(\theta_i-\bar\theta_i)^2+\frac\lambda2c`."""

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import Stream
-from .models import check_model
+from .models import MLP, check_model
 from .per_sample import active, check_inputs, chunks, eval_mode, input_chunk, model_device
 from .strategies import BufferDict, Strategy
 
@@ -253,10 +253,10 @@ def active_neurons(mean_act: Tensor, rel_tol: float = 0.05) -> Tensor:
 
 
 def _n_hidden(model: nn.Module) -> int:
-    """How many hidden layers ``model`` exposes (``model.hidden`` of an MLP, else one probe forward pass)."""
-    hidden = getattr(model, "hidden", None)
-    if isinstance(hidden, (tuple, list)):
-        return len(hidden)
+    """How many hidden layers ``model`` exposes (an MLP's ``hidden``, else one probe through ``features``)."""
+    model = check_model(model)
+    if isinstance(model, MLP):
+        return len(model.hidden)
     p = next(model.parameters(), None)
     with torch.no_grad():
         x = torch.zeros(1, model.in_features, device=p.device if p is not None else "cpu",
@@ -322,7 +322,7 @@ class SSL(Strategy):
         if n_layers == 0 and self.method != "none":
             raise ValueError(f"SSL regularises hidden activations but the model has no hidden layer "
                              f"({type(model).__name__} with hidden=()); give it at least one, e.g. "
-                             f"MLP({getattr(model, 'in_features', 784)}, (100,), ...), or train without SSL.")
+                             f"MLP({model.in_features}, (100,), ...), or train without SSL.")
         self._layer_ids(n_layers)
 
     def _layer_ids(self, n_layers: int) -> list[int]:

@@ -65,13 +65,13 @@ class SI(Consolidation):
             self.start[n] = p.detach().clone()
             self.path[n] = torch.zeros_like(p)
 
-    def grad_penalty(self, model: nn.Module, t: int) -> Tensor | None:
+    def grad_penalty(self, model: nn.Module, t: int, with_value: bool = True) -> Tensor | None:
         moving = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
         with torch.no_grad():
             self._step = ([n for n, _ in moving], [p for _, p in moving],
                           torch._foreach_mul([p.grad for _, p in moving], 1.0),  # a copy of g
                           [p.detach().clone() for _, p in moving])
-        return super().grad_penalty(model, t)
+        return super().grad_penalty(model, t, with_value)
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, t: int) -> None:

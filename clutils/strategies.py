@@ -18,7 +18,8 @@ calls five hooks, in this order::
 ``penalty`` returns a scalar the loss gets (``None``: nothing); ``grad_penalty`` adds the
 gradient of a penalty whose gradient is known in closed form (the quadratic consolidation
 penalty, :math:`\\lambda\\Omega\\odot(\\theta-\\theta^*)`) to the parameters' ``.grad`` with fused
-kernels, and returns that penalty's value for the logged loss and the NaN guard.
+kernels, and returns that penalty's value for the logged loss (``with_value=False`` skips the
+value: ``train_stream`` does, and adds ``penalty_value`` to the NaN guard once per epoch instead).
 
 ``config()`` describes a strategy for run records and the result cache: by default its class
 name and every argument its constructor was called with (defaults filled in), so a
@@ -193,7 +194,11 @@ class Strategy(nn.Module):
     def penalty(self, model: nn.Module, t: int, hidden: list[Tensor]) -> Tensor | None:
         return None
 
-    def grad_penalty(self, model: nn.Module, t: int) -> Tensor | None:
+    def grad_penalty(self, model: nn.Module, t: int, with_value: bool = True) -> Tensor | None:
+        return None
+
+    def penalty_value(self, model: nn.Module, t: int) -> Tensor | None:
+        """The value of the ``grad_penalty`` penalties now, without touching ``.grad`` (the trainer's NaN guard)."""
         return None
 
     def after_step(self, model: nn.Module, t: int) -> None:
@@ -286,8 +291,11 @@ class Compose(Strategy):
     def penalty(self, model, t, hidden):
         return self._sum(p.penalty(model, t, hidden) for p in self.parts)
 
-    def grad_penalty(self, model, t):
-        return self._sum([p.grad_penalty(model, t) for p in self.parts])
+    def grad_penalty(self, model, t, with_value=True):
+        return self._sum([p.grad_penalty(model, t, with_value) for p in self.parts])
+
+    def penalty_value(self, model, t):
+        return self._sum([p.penalty_value(model, t) for p in self.parts])
 
     def after_step(self, model, t):
         for p in self.parts:

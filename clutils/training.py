@@ -208,10 +208,12 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, strategy: Strategy, x: Tensor, y: Tensor,
-               head: int | Tensor, n_active: int, t: int) -> Tensor:
+               head: int | Tensor, n_active: int, t: int, penalty_value: bool = True) -> Tensor:
     """One optimiser step on the batch ``(x, y)`` of task ``t``; returns the loss with all penalties (detached).
 
     The cross-entropy is over the first ``n_active`` logits of head ``head`` (the classes in play).
+    ``penalty_value=False`` leaves the value of the ``grad_penalty`` penalties out of the returned
+    loss (their gradients are applied all the same), which saves a pass over the parameters.
     """
     logits, hidden = model(x, head, return_hidden=True)
     loss = F.cross_entropy(logits[:, :n_active], y)
@@ -220,7 +222,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, strategy: Strategy,
         loss = loss + act_penalty
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    quad_penalty = strategy.grad_penalty(model, t)  # adds its own gradient to .grad, e.g. EWC / MAS
+    quad_penalty = strategy.grad_penalty(model, t, penalty_value)  # adds its own gradient to .grad, e.g. EWC / MAS
     opt.step()
     strategy.after_step(model, t)
     return loss.detach() if quad_penalty is None else loss.detach() + quad_penalty
@@ -241,7 +243,11 @@ def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: Train
         for i in range(0, n if opt is not None else 0, cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             loss_sum += train_step(model, opt, strategy, x[idx], y[idx],
-                                   heads[idx] if isinstance(heads, Tensor) else heads, n_active, t)
+                                   heads[idx] if isinstance(heads, Tensor) else heads, n_active, t,
+                                   penalty_value=False)
+        quad = strategy.penalty_value(model, t)  # the grad_penalty penalties, once per epoch
+        if quad is not None:
+            loss_sum += quad.to(loss_sum.dtype)
         # one host sync per epoch: the summed loss of the steps taken, and the parameters (a blow-up
         # on the last step of the epoch shows only in them)
         finite = torch.isfinite(loss_sum)
