@@ -20,6 +20,6 @@ from .selfless import (SSL, active_neurons, coactivation, decov, gaussian_neighb
 from .plotting import plot_accuracy_matrix, plot_task_curves, plot_training_curves
 from .results import CacheError, RunResult
 from .baselines import count_parameters, memory_cost, separate_models
-from .sweeps import best_value, sweep, sweep_table
+from .sweeps import RunFailure, RunSpec, best_value, run_many, run_seeds, sweep, sweep_table
 from . import toy
 from .training import NonFiniteLossError, TrainConfig, evaluate, resolve_device, seed_everything, train_step, train_stream

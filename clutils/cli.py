@@ -427,16 +427,16 @@ def _check_runs(check: _Checker, exp: Experiment) -> None:
 
 # ---------------------------------------------------------------- running
 
-def specs(exp: Experiment, out: Path):
-    """The :class:`~clutils.sweeps.RunSpec` of every run (results cached under ``out/.cache``)."""
+def specs(exp: Experiment, out: Path, cache: Path | None = None, threads: int | None = None):
+    """The :class:`~clutils.sweeps.RunSpec` of every run (results cached under ``cache``, default ``out/.cache``)."""
     from .sweeps import RunSpec
     from .training import TrainConfig
 
-    cache = str((out / ".cache").resolve())
+    cache = str((cache or out / ".cache").resolve())
     return [RunSpec(functools.partial(_build_model, r.stream, r.model), build_strategy(r.strategy), r.stream,
                     TrainConfig(**r.train, seed=r.seed), r.seed, exp.device, cache,
                     {"experiment": exp.path.name, "configuration": r.configuration, "label": r.label,
-                     "grid": r.grid, "seed": r.seed, "run": r.index})
+                     "grid": r.grid, "seed": r.seed, "run": r.index}, threads)
             for r in exp.runs]
 
 
@@ -540,6 +540,12 @@ def _parser() -> argparse.ArgumentParser:
                           "single-thread worker processes; default: run here, one after the other")
     run.add_argument("--out", type=Path, help="results folder (default: results/<experiment file name>)")
     run.add_argument("--device", help="override the file's device (auto, cpu, cuda)")
+    run.add_argument("--cache", type=Path, metavar="DIR",
+                     help="the result cache (default OUT/.cache); a chapter's cache, e.g. book/results/05_scenarios, "
+                          "reloads the runs the book made")
+    run.add_argument("--threads", type=int, metavar="N",
+                     help="torch threads per run (default: the process's); results are bit for bit those of a "
+                          "single-thread Dask worker at --threads 1")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep = sub.add_parser("report", help="rebuild the summary table of a results folder",
                          description="Read every RunResult (*.json) in FOLDER and print and write the summary "
@@ -566,6 +572,8 @@ def _run(args) -> int:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", args.device):
             raise ExperimentError(f"--device {args.device!r}: use auto, cpu or cuda (cuda:N).")
         exp.device = args.device
+    if args.threads is not None and args.threads < 1:
+        raise ExperimentError(f"--threads {args.threads}: give at least 1.")
     out = args.out or Path("results") / exp.path.stem
     if args.dry_run:
         _dry_run(exp, out)
@@ -574,7 +582,7 @@ def _run(args) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         print(f"{exp.path}: {len(exp.runs)} runs -> {out}" + (f" on {args.scheduler}" if args.scheduler else ""))
-        results = run_many(specs(exp, out), executor=executor, progress=not args.no_progress, on_error="return")
+        results = run_many(specs(exp, out, args.cache, args.threads), executor=executor, progress=not args.no_progress, on_error="return")
     finally:
         close()
     done = [r for r in results if not isinstance(r, RunFailure)]

@@ -10,8 +10,10 @@ Every run is one self-contained job (:class:`RunSpec`): seed, build the model, t
 process (``executor=None``) or on any :class:`concurrent.futures.Executor` -- a
 ``ProcessPoolExecutor`` on a laptop, or a Dask cluster through
 ``distributed.Client(address).get_executor()``.  A run's result does not depend on where it ran: the
-same sweep gives the same accuracy matrices bit for bit in-process and on a cluster (on the same kind of
-device).  With ``cache_dir`` each finished run is stored by :func:`~clutils.train_stream`'s result
+same sweep gives the same accuracy matrices bit for bit in-process and on a cluster, on the same kind of
+device and with the same number of intra-op threads per run: on the CPU the float sums of a backward
+pass are split across threads, so 1 and 2 threads differ in the last bits.  A Dask worker started with
+``threads_per_worker=1`` trains with one thread; ``threads=1`` makes the in-process runs match it.  With ``cache_dir`` each finished run is stored by :func:`~clutils.train_stream`'s result
 cache, so a killed sweep resumes where it stopped and a finished one reloads.  A failing run (a
 diverging :math:`\lambda`, a bad setting) is reported with its configuration and error while the others
 finish.  Nothing here imports Dask.
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import nn
 
 from .data import Stream, make_stream
@@ -64,6 +67,7 @@ class RunSpec:
     device: str = "auto"
     cache_dir: str | None = None
     extras: dict = field(default_factory=dict)
+    threads: int | None = None  # torch intra-op threads for this run (None: leave the process's setting)
 
 
 @dataclass
@@ -109,7 +113,13 @@ def execute(spec: RunSpec) -> RunResult:
         seed_everything(spec.seed)
         model = spec.make_model()
     kwargs = {} if spec.cache_dir is None else {"cache_dir": spec.cache_dir}
-    res = train_stream(model, stream, spec.strategy, spec.cfg, device=spec.device, progress=False, **kwargs)
+    before = torch.get_num_threads()
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    try:
+        res = train_stream(model, stream, spec.strategy, spec.cfg, device=spec.device, progress=False, **kwargs)
+    finally:
+        torch.set_num_threads(before)
     res.extras.update(spec.extras)
     return res
 
@@ -245,21 +255,22 @@ def _cache(cache_dir: str | Path | None) -> str | None:
 def sweep(values: Sequence[float], make_strategy: Callable[[float], Strategy], make_model: Callable[[], nn.Module],
           stream: Stream | dict, cfg: TrainConfig, *, seed: int | None = None, device: str = "auto",
           progress: bool = False, executor: Executor | None = None, cache_dir: str | Path | None = None,
-          on_error: str = "raise") -> list[RunResult | RunFailure]:
+          on_error: str = "raise", threads: int | None = None) -> list[RunResult | RunFailure]:
     r"""One run per value ``v``: ``seed_everything(seed); train_stream(make_model(), stream, make_strategy(v), cfg)``.
 
     ``seed`` defaults to ``cfg.seed``, so every run starts from the same weights and sees the
     same batches; only ``v`` differs.  All strategies are built (and so their arguments checked)
     before the first run trains.  Returns the runs in the order of ``values``, each with
     ``extras["value"] = v``.  ``executor``, ``cache_dir``, ``on_error``: see :func:`run_many` and
-    the module docstring; ``stream`` may be a recipe dict (see :class:`RunSpec`).
+    the module docstring; ``stream`` may be a recipe dict (see :class:`RunSpec`); ``threads``: torch
+    threads per run (``1`` matches a Dask worker with ``threads_per_worker=1`` bit for bit).
     """
     vals = _check_values(values)
     _check_callables(make_strategy, make_model, "value")
     cfg.validate(_n_tasks(stream))
     strategies = [make_strategy(v) for v in vals]  # bad values (e.g. lam < 0) fail here, before any training
     seed = cfg.seed if seed is None else seed
-    specs = [RunSpec(make_model, s, stream, cfg, seed, device, _cache(cache_dir), {"value": v})
+    specs = [RunSpec(make_model, s, stream, cfg, seed, device, _cache(cache_dir), {"value": v}, threads)
              for v, s in zip(vals, strategies)]
     return run_many(specs, executor=executor, progress=progress, on_error=on_error)
 
@@ -267,7 +278,7 @@ def sweep(values: Sequence[float], make_strategy: Callable[[float], Strategy], m
 def run_seeds(make_strategy: Callable[[], Strategy], make_model: Callable[[], nn.Module], stream: Stream | dict,
               cfg: TrainConfig, seeds: Sequence[int], *, device: str = "auto", progress: bool = False,
               executor: Executor | None = None, cache_dir: str | Path | None = None,
-              on_error: str = "raise") -> list[RunResult | RunFailure]:
+              on_error: str = "raise", threads: int | None = None) -> list[RunResult | RunFailure]:
     """One run per seed ``s``: ``seed_everything(s); train_stream(make_model(), stream, make_strategy(), cfg with seed=s)``.
 
     The seed sets the initial weights and the order of the batches (``cfg.seed``); the stream stays
@@ -280,7 +291,7 @@ def run_seeds(make_strategy: Callable[[], Strategy], make_model: Callable[[], nn
     cfg.validate(_n_tasks(stream))
     strategies = [make_strategy() for _ in seeds]
     specs = [RunSpec(make_model, st, stream, dataclasses.replace(cfg, seed=s), s, device, _cache(cache_dir),
-                     {"seed": s}) for s, st in zip(seeds, strategies)]
+                     {"seed": s}, threads) for s, st in zip(seeds, strategies)]
     return run_many(specs, executor=executor, progress=progress, on_error=on_error)
 
 

@@ -135,6 +135,11 @@ def test_run_writes_results_and_summary_and_report_rebuilds_it(tmp_path, capsys)
     (out / "summary.md").unlink()
     assert cli.main(["report", str(out)]) == 0
     assert (out / "summary.md").read_text() == md
+    # running the file again reloads every run from the cache: the same records, timings included
+    before = {f: (out / f).read_text() for f in files}
+    assert cli.main(["run", str(exp), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert {f: (out / f).read_text() for f in files} == before
+    assert len(list((out / ".cache").glob("*.json"))) == 4
 
 
 def test_help_documents_the_commands_and_the_file_format(capsys):

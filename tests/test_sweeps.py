@@ -90,6 +90,7 @@ def test_bad_input_fails_before_training(stream):
 
 # ---- executors: in-process, a thread pool, a real Dask cluster; failures; progress; caching ----
 
+import dataclasses  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import clutils.sweeps as sw  # noqa: E402
@@ -107,9 +108,9 @@ def l2(lam):
     return L2(lam)
 
 
-def _specs():
+def _specs():  # one thread per run, as on a Dask worker with threads_per_worker=1 (floats depend on the count)
     return [sw.RunSpec(perm_model, L2(lam), PERM, TrainConfig(epochs=1, batch_size=64, lr=0.05, seed=s), s, "cpu",
-                       extras={"value": lam, "seed": s}) for lam in (0.0, 1.0) for s in (0, 1)]
+                       extras={"value": lam, "seed": s}, threads=1) for lam in (0.0, 1.0) for s in (0, 1)]
 
 
 def test_thread_pool_matches_in_process_and_progress_counts_runs(capsys):
@@ -121,6 +122,13 @@ def test_thread_pool_matches_in_process_and_progress_counts_runs(capsys):
         assert a.extras == b.extras
         np.testing.assert_array_equal(a.R, b.R)
     assert not np.array_equal(serial[0].R, serial[1].R)  # seeds differ: the comparison is not vacuous
+    # a Stream object instead of a recipe travels as the job's own argument
+    built = make_stream(**PERM)
+    specs = [dataclasses.replace(s, stream=built) for s in _specs()]
+    with ThreadPoolExecutor(2) as ex:
+        pooled = sw.run_many(specs, executor=ex, progress=False)
+    for a, b in zip(serial, pooled):
+        np.testing.assert_array_equal(a.R, b.R)
 
 
 def test_dask_local_cluster_is_bitwise_serial():
