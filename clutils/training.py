@@ -352,7 +352,7 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
     _check_model_fits(model, stream)
     dev = resolve_device(device)
     model.to(dev)
-    if stream[0].x_train.device != dev:
+    if stream[0].device != dev:
         stream = stream.to(dev)
     config = run_config(model, stream, strategy, cfg)
     key = fingerprint(config)
