@@ -132,8 +132,7 @@ def load_cached(path: str | os.PathLike) -> RunResult | None:
     if not path.exists():
         return None
     try:
-        res = RunResult.load(path)
-        np.asarray(res.acc, dtype=float)  # ragged or non-numeric rows fail here, not later
+        res = RunResult.load(path)  # checks the fields and the matrix (ragged, non-numeric, out of range)
     except Exception as err:
         raise CacheError(f"the result-cache file {path} is unreadable ({type(err).__name__}: {err}); it may be "
                          f"truncated or corrupt. Delete it and run again (the run will be retrained).") from None

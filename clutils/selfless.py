@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import Stream
+from .consolidation import check_lam
 from .models import MLP, check_model
 from .per_sample import active, check_inputs, chunks, eval_mode, input_chunk, model_device
 from .strategies import BufferDict, Strategy
@@ -294,8 +295,7 @@ class SSL(Strategy):
         key = {"l1_rep": "l1", "l1rep": "l1", "no_reg": "none", "noreg": "none"}.get(key, key)
         if key not in METHODS:
             raise ValueError(f"unknown SSL method {method!r}; choose one of {', '.join(METHODS)}.")
-        if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lam (lambda_SSL) must be a finite number >= 0, got {lam!r}.")
+        lam = check_lam(lam, "lam (lambda_SSL)")
         if not (isinstance(sigma_frac, (int, float)) and sigma_frac > 0):
             raise ValueError(f"sigma_frac must be > 0 (sigma = sigma_frac * layer width), got {sigma_frac!r}.")
         if discount not in DISCOUNTS:
