@@ -46,13 +46,14 @@ from torch import Tensor, nn
 from .data import Stream
 from .consolidation import check_lam
 from .models import MLP, check_model
-from .per_sample import active, check_inputs, chunks, eval_mode, input_chunk, model_device
+from .per_sample import active, check_choice, check_inputs, chunks, eval_mode, input_chunk, model_device
 from .strategies import BufferDict, Strategy
 
 __all__ = ["METHODS", "DISCOUNTS", "gaussian_neighbourhood", "importance_discount", "coactivation",
-           "sni", "slni", "l1_rep", "decov", "neuron_importance", "mean_activation", "active_neurons", "SSL"]
+           "sni", "slni", "l1_rep", "decov", "l1_param", "neuron_importance", "mean_activation", "active_neurons", "SSL"]
 
-METHODS = ("none", "l1", "decov", "sni", "slni", "snid", "slnid")
+METHODS = ("none", "l1", "decov", "sni", "slni", "snid", "slnid", "l1_param")
+NEURON_IMPORTANCE_KINDS = ("per_sample", "batch")
 DISCOUNTS = ("sum", "max")
 
 
@@ -196,21 +197,44 @@ def decov(h: Tensor) -> Tensor:
     return 0.5 * (c.pow(2).sum() - torch.diagonal(c).pow(2).sum())
 
 
+def l1_param(model: nn.Module) -> Tensor:
+    r"""L1-Param: :math:`\sum_l \lVert W_l\rVert_1` over the weight matrices of the hidden layers (not the
+    biases, not the output layer) -- sparse *parameters*, the baseline against which the paper tests its
+    claim that sparse *representations* are what leaves room for later tasks."""
+    ws = [p for p in check_model(model).shared_parameters() if p.ndim > 1]  # weights, not biases
+    return sum(w.abs().sum() for w in ws)
+
+
 def neuron_importance(model: nn.Module, x: Tensor, *, head: int = 0, n_active: int | None = None,
-                      chunk_size: int = 1024) -> list[Tensor]:
+                      chunk_size: int = 1024, kind: str = "per_sample", batch_size: int | None = None) -> list[Tensor]:
     r"""Importance of every hidden neuron (SNID/SLNID, Aljundi et al., ICLR 2019).
 
-    .. math::  \alpha_i = \frac{1}{N}\sum_{k=1}^{N}
-               \left|\frac{\partial \lVert F(x_k)\rVert_2^2}{\partial h_i(x_k)}\right|
+    * ``"per_sample"`` (the paper), with ``h`` the post-ReLU activations
+      (``model(x, head, return_hidden=True)``) and ``F`` the logits of head ``head`` (the first
+      ``n_active`` of them):
 
-    with ``h`` the post-ReLU activations (``model(x, head, return_hidden=True)``)
-    and ``F`` the logits of head ``head`` (the first ``n_active`` of them).  A
-    neuron's activation on sample ``k`` only affects that sample's output, so one
-    backward pass of ``sum_k ||F(x_k)||^2`` gives every per-sample derivative.
+      .. math::  \alpha_i = \frac{1}{N}\sum_{k=1}^{N}
+                 \left|\frac{\partial \lVert F(x_k)\rVert_2^2}{\partial h_i(x_k)}\right|
 
-    Returns one vector per hidden layer, ``[alpha_1, ..., alpha_L]`` (on the
-    model's device).
+      A neuron's activation on sample ``k`` only affects that sample's output, so one backward pass
+      of ``sum_k ||F(x_k)||^2`` gives every per-sample derivative.
+    * ``"batch"`` (the authors' released code, a backward hook on the ReLU): the derivative with
+      respect to the pre-activation ``z_i`` (zero where the neuron is off), *summed* over a
+      mini-batch ``b`` of ``batch_size`` inputs before the absolute value, summed over batches, over ``N``:
+
+      .. math::  \alpha^{(B)}_i = \frac{1}{N}\sum_b\left|\sum_{k\in b}
+                 \frac{\partial \lVert F(x_k)\rVert_2^2}{\partial z_i(x_k)}\right|
+
+      Never larger than ``"per_sample"`` (the gate and the triangle inequality both shrink it).
+
+    Returns one vector per hidden layer, ``[alpha_1, ..., alpha_L]`` (on the model's device).
     """
+    check_choice(kind, NEURON_IMPORTANCE_KINDS, "neuron importance kind")
+    if kind == "batch":
+        if batch_size is None or isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"the 'batch' neuron importance is a statistic of mini-batches: pass batch_size, an "
+                             f"integer >= 1 (the authors' code uses 200 on MNIST), got {batch_size!r}.")
+        chunk_size = batch_size  # one pass per mini-batch: the sum inside |.| runs over exactly that batch
     check_inputs(model, x, chunk_size, n_active)
     dev = model_device(model)
     sums: list[Tensor] | None = None
@@ -222,8 +246,11 @@ def neuron_importance(model: nn.Module, x: Tensor, *, head: int = 0, n_active: i
             grads = torch.autograd.grad(active(logits, n_active).square().sum(), hidden)
             if sums is None:
                 sums = [torch.zeros(h.shape[1:], device=dev, dtype=h.dtype) for h in hidden]
-            for s, g in zip(sums, grads):
-                s += g.abs().sum(0)
+            for s, g, h in zip(sums, grads, hidden):
+                if kind == "batch":
+                    s += (g * (h > 0)).sum(0).abs()  # through the ReLU's gate, then |sum over the batch|
+                else:
+                    s += g.abs().sum(0)
     return [s / len(x) for s in sums]
 
 
@@ -277,6 +304,11 @@ class SSL(Strategy):
         layers: indices of the hidden layers to regularise (``None``: all of them).
         importance_samples: how many of each task's training inputs estimate the neuron
             importance (``None``: all).
+        importance_kind: ``"per_sample"`` (the paper) or ``"batch"`` (the authors' code, with
+            ``importance_batch_size``), see :func:`neuron_importance`.
+
+    ``method="l1_param"`` is not a representation regulariser: it adds ``lam * sum_l |W_l|_1`` over
+    the hidden layers' weights (:func:`l1_param`), the paper's sparse-*parameter* baseline.
 
     For SNID / SLNID, after every task the importance of each neuron on that task's training
     inputs, ``alpha_i = mean_x |d ||F(x)||^2 / d h_i|`` (:func:`neuron_importance`), is *added* to
@@ -286,10 +318,12 @@ class SSL(Strategy):
     """
 
     name = "ssl"
+    settings_recorded_when_set = ("importance_kind", "importance_batch_size")
 
     def __init__(self, method: str = "slnid", lam: float = 1e-3, *, sigma_frac: float = 1 / 6,
                  discount: str = "sum", layers: Sequence[int] | None = None,
-                 importance_samples: int | None = None, chunk_size: int = 1024):
+                 importance_samples: int | None = None, chunk_size: int = 1024,
+                 importance_kind: str = "per_sample", importance_batch_size: int | None = None):
         super().__init__()
         key = str(method).lower().replace("-", "_")
         key = {"l1_rep": "l1", "l1rep": "l1", "no_reg": "none", "noreg": "none"}.get(key, key)
@@ -308,6 +342,12 @@ class SSL(Strategy):
         self.method, self.lam, self.sigma_frac, self.discount = key, float(lam), float(sigma_frac), discount
         self.layers = None if layers is None else [int(l) for l in layers]
         self.importance_samples, self.chunk_size = importance_samples, int(chunk_size)
+        check_choice(importance_kind, NEURON_IMPORTANCE_KINDS, "neuron importance kind")
+        if importance_kind == "batch" and (importance_batch_size is None or isinstance(importance_batch_size, bool)
+                                           or not isinstance(importance_batch_size, int) or importance_batch_size < 1):
+            raise ValueError(f"SSL(importance_kind='batch') needs importance_batch_size, an integer >= 1 (the "
+                             f"authors' code uses 200 on MNIST), got {importance_batch_size!r}.")
+        self.importance_kind, self.importance_batch_size = importance_kind, importance_batch_size
         self.name = key
         self.alpha = BufferDict()  # accumulated neuron importance: "layer0", "layer1", ...
         self._w: dict[int, Tensor] = {}  # per-layer weight matrices, rebuilt when alpha changes
@@ -345,7 +385,7 @@ class SSL(Strategy):
 
     def _sum(self, hidden: list[Tensor], scale: float) -> Tensor | None:
         """``scale * sum_l R(h_l)`` over the regularised layers."""
-        if self.method == "none":
+        if self.method in ("none", "l1_param"):
             return None
         hs = [hidden[l].flatten(1) for l in self._layer_ids(len(hidden))]
         for h in hs:
@@ -362,7 +402,9 @@ class SSL(Strategy):
         return self._sum(hidden, 1.0)
 
     def penalty(self, model: nn.Module, t: int, hidden: list[Tensor]) -> Tensor | None:
-        """``lam * sum_l R(h_l)``: the regulariser of the batch's hidden activations."""
+        """``lam * sum_l R(h_l)``: the regulariser of the batch's hidden activations (L1-Param: of the weights)."""
+        if self.method == "l1_param":
+            return self.lam * l1_param(model)
         return self._sum(hidden, self.lam)
 
     @torch.no_grad()
@@ -374,7 +416,8 @@ class SSL(Strategy):
             x = x[: self.importance_samples]
         with torch.enable_grad():
             new = neuron_importance(model, x, head=stream.head_of(t), n_active=stream.active_outputs(t),
-                                    chunk_size=self.chunk_size)
+                                    chunk_size=self.chunk_size, kind=self.importance_kind,
+                                    batch_size=self.importance_batch_size)
         for l, a in enumerate(new):
             key = f"layer{l}"
             self.alpha[key] = a.detach().clone() if key not in self.alpha else self.alpha[key] + a.detach()

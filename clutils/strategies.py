@@ -149,6 +149,11 @@ def _cell(cell) -> Any:
         return None
 
 
+def _same(value: Any, default: Any) -> bool:
+    """``value`` is the default (compared by type and value, so ``1 == True`` does not count)."""
+    return type(value) is type(default) and value == default
+
+
 def undescribed(config: Any, where: str = "strategy") -> list[str]:
     """Where a :meth:`Strategy.config` holds something it could not describe (``[]``: nothing)."""
     if isinstance(config, dict):
@@ -165,6 +170,9 @@ class Strategy(nn.Module):
 
     name = "naive"
     changes_data = False  # True for strategies that override train_data (at most one per Compose)
+    # Settings added to a class after runs were cached with it: config() records one only when it
+    # differs from its default, so the fingerprints of the earlier runs (which used the default) hold.
+    settings_recorded_when_set: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -178,6 +186,8 @@ class Strategy(nn.Module):
                     bound = sig.bind(self, *args, **kw)
                     bound.apply_defaults()
                     object.__setattr__(self, "_init_args", dict(list(bound.arguments.items())[1:]))
+                    object.__setattr__(self, "_init_defaults", {k: p.default for k, p in sig.parameters.items()
+                                                                if p.default is not inspect.Parameter.empty})
                     if "_modules" not in self.__dict__:  # a subclass that forgets super().__init__() still works
                         nn.Module.__init__(self)
                 init(self, *args, **kw)
@@ -209,8 +219,11 @@ class Strategy(nn.Module):
 
     def config(self) -> dict:
         args = self.__dict__.get("_init_args", {})
+        defaults = self.__dict__.get("_init_defaults", {})
+        quiet = set(type(self).settings_recorded_when_set)
         return {"name": self.name, "class": type(self).__qualname__,
-                **{k: _describe(v) for k, v in args.items() if k not in ("name",)}}
+                **{k: _describe(v) for k, v in args.items()
+                   if k != "name" and not (k in quiet and k in defaults and _same(v, defaults[k]))}}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k not in ("name", "class", "parts"))

@@ -14,6 +14,7 @@ import contextlib
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -72,6 +73,9 @@ class TrainConfig:
     eval_every_epoch: bool = False  # record accuracy on all tasks after every epoch (curves)
     eval_batch_size: int = 10_000
     flush_denormal: bool = False  # CPU: treat subnormal floats as 0 (faster when activations shrink, e.g. SLNID)
+    # None: keep the last epoch.  "val": keep the epoch with the best accuracy on the task's validation split.
+    # "test": on its test split -- what some released code does; only to measure that protocol, never to report.
+    select_epoch: str | None = None
 
     def epochs_for(self, t: int) -> int:
         if _is_int(self.epochs):
@@ -100,6 +104,8 @@ class TrainConfig:
         check_positive_float(self.lr, "lr")
         check_positive_float(self.momentum, "momentum", allow_zero=True)
         check_positive_float(self.weight_decay, "weight_decay", allow_zero=True)
+        if self.select_epoch not in (None, "val", "test"):
+            raise ValueError(f"select_epoch must be None (the last epoch), 'val' or 'test', got {self.select_epoch!r}.")
         if self.optimizer == "adam" and self.momentum:
             raise ValueError(f"optimizer='adam' has no momentum setting (got momentum={self.momentum}); set "
                              f"momentum=0 (Adam's betas play that role) or use optimizer='sgd'.")
@@ -110,6 +116,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """The settings as plain JSON values (for run records and the cache fingerprint)."""
         d = asdict(self)
+        if d["select_epoch"] is None:  # added after runs were cached: recorded only when set
+            del d["select_epoch"]
         d["epochs"] = int(self.epochs) if _is_int(self.epochs) else [int(e) for e in self.epochs]
         for k in ("batch_size", "eval_batch_size", "seed"):
             d[k] = int(d[k])
@@ -235,6 +243,7 @@ def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: Train
     params = _trainable(model, heads)
     opt = _make_optimizer(cfg, params) if params else None
     n_active, n = stream.active_outputs(t), len(y)
+    best_acc, best_state = -1.0, None
     model.train()
     for epoch in range(cfg.epochs_for(t)):
         g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + t * 1_009 + epoch)
@@ -257,7 +266,28 @@ def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: Train
             _raise_non_finite(model, stream, cfg, t, epoch, loss_sum)
         if cfg.eval_every_epoch:
             curves.append({"task": t, "epoch": epoch, "acc": evaluate(model, stream, t, cfg.eval_batch_size)})
+        if cfg.select_epoch is not None:  # keep the earliest epoch with the best accuracy on task t's split
+            acc_t = _task_accuracy(model, stream, t, cfg.select_epoch, cfg.eval_batch_size)
+            if acc_t > best_acc:
+                best_acc, best_state = acc_t, {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.update(1)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+
+
+def _task_accuracy(model: nn.Module, stream: Stream, t: int, split: str, batch_size: int) -> float:
+    """Accuracy on task ``t``'s ``split`` alone (one host sync)."""
+    was_training = model.training
+    model.eval()
+    x, y = stream[t].split(split)
+    n_active = stream.active_outputs(t)
+    correct = torch.zeros((), device=y.device, dtype=torch.int64)
+    with torch.no_grad():
+        for i in range(0, len(y), batch_size):
+            correct += (model(x[i:i + batch_size], stream.head_of(t))[:, :n_active].argmax(1)
+                        == y[i:i + batch_size]).sum()
+    model.train(was_training)
+    return correct.item() / len(y)
 
 
 def _raise_non_finite(model: nn.Module, stream: Stream, cfg: TrainConfig, t: int, epoch: int, loss_sum: Tensor):
@@ -349,6 +379,13 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig (e.g. TrainConfig(epochs=2, lr=0.01)), got {type(cfg).__name__}.")
     cfg.validate(len(stream))
+    if cfg.select_epoch == "val" and not stream.has_val:
+        raise ValueError("select_epoch='val' keeps the epoch with the best validation accuracy, but the stream has "
+                         "no validation split: build it with make_stream(..., val_fraction=0.1).")
+    if cfg.select_epoch == "test":
+        warnings.warn("select_epoch='test' picks each task's epoch on its test split, so the test accuracies it "
+                      "reports are optimistic; use it only to measure a protocol that does so, and "
+                      "select_epoch='val' to choose an epoch.", stacklevel=2)
     _check_model_fits(model, stream)
     dev = resolve_device(device)
     model.to(dev)
