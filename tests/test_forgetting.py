@@ -76,6 +76,23 @@ def test_separate_models_matrix_structure(digits):
     assert r.extras["n_parameters"] == T * count_parameters(MLP(64, (32, 32), 2))
 
 
+def test_separate_models_cache_reuses_each_task_run_and_gives_the_same_matrix(digits, tmp_path):
+    stream = make_stream("split", digits, scenario="task")
+    cfg = TrainConfig(epochs=2, lr=0.05, momentum=0.9, seed=3)
+
+    def once(cache):
+        seed_everything(3)
+        return separate_models(lambda: MLP(64, (16,), 2), stream, cfg, device="cpu", cache_dir=cache)
+
+    plain, first, second = once(None), once(tmp_path), once(tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == len(stream)  # one cached run per task's model
+    assert np.array_equal(first.R, plain.R) and np.array_equal(second.R, plain.R)
+    assert second.timings["train_s"] == first.timings["train_s"]  # loaded (a retrained run would time anew)
+    seed_everything(4)  # other initial weights: other fingerprints, nothing reused
+    separate_models(lambda: MLP(64, (16,), 2), stream, cfg, device="cpu", cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2 * len(stream)
+
+
 def test_separate_models_rejects_what_it_cannot_do(digits):
     with pytest.raises(ValueError, match="task identity"):
         separate_models(lambda: MLP(64, (8,), 10), make_stream("split", digits, scenario="class"))

@@ -1,8 +1,8 @@
 """nbval: re-executing a chapter reproduces its committed outputs (the cells tagged nbval-check-output).
 
-CI checks chapter 1, the cheapest full profile (about 4 minutes on 2 CPU cores); `make verify`
-checks every chapter.  The checked cells of chapter 1 are exact computations (the least-squares
-toy in float64 and the data description), so they reproduce on any machine.
+CI checks chapter 1, the cheapest full profile (it loads its seeded runs from book/results/01_forgetting,
+under a minute on one CPU thread); `make verify` checks every chapter.  The checked cells of chapter 1
+are exact computations (the least-squares toy in float64 and the data description), so they reproduce on any machine.
 """
 import os
 import subprocess
