@@ -6,11 +6,10 @@ import datetime as _dt
 import json
 import os
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["choose_profile", "glue", "prefixed_glue", "SweepOutcome", "sweep_tolerant", "run_with_value",
+__all__ = ["choose_profile", "glue", "prefixed_glue", "run_with_value",
            "pooled_accuracy", "write_run_record", "read_run_records", "status_markdown", "write_status_page",
            "tagged_source", "RECORDS_DIR", "STATUS_PAGE"]
 
@@ -53,46 +52,6 @@ def prefixed_glue(prefix: str) -> Callable[[str, Any], None]:
     def _glue(name: str, value: Any) -> None:
         glue(prefix + name, value)
     return _glue
-
-
-# ----------------------------------------------------------------------------- sweeps that may diverge
-
-@dataclass
-class SweepOutcome:
-    """The runs of a sweep that trained to the end (``extras["value"]`` set), the values whose
-    training loss diverged, and (when asked for) the trained models, parallel to ``runs``."""
-    runs: list = field(default_factory=list)
-    diverged: list = field(default_factory=list)
-    models: list = field(default_factory=list)
-
-    def __iter__(self):  # runs, diverged = sweep_tolerant(...)
-        return iter((self.runs, self.diverged))
-
-
-def sweep_tolerant(values: Sequence[float], make_strategy: Callable[[float], Any], make_model: Callable[[], Any],
-                   stream, cfg, *, device: str = "auto", keep_models: bool = False) -> SweepOutcome:
-    """One run per value, like ``clutils.sweeps.sweep``, but a value whose training loss becomes NaN or
-    infinite is recorded in ``diverged`` instead of ending the sweep.  Every run starts from
-    ``seed_everything(cfg.seed)``, so all values start from the same weights and batches."""
-    from .training import NonFiniteLossError, seed_everything, train_stream
-
-    if not callable(make_strategy) or not callable(make_model):
-        raise TypeError("make_strategy must be a function value -> Strategy and make_model a function () -> nn.Module.")
-    out = SweepOutcome()
-    for v in values:
-        strategy = make_strategy(v)
-        seed_everything(cfg.seed)
-        model = make_model()
-        try:
-            res = train_stream(model, stream, strategy, cfg, device=device, progress=False)
-        except NonFiniteLossError:
-            out.diverged.append(v)
-            continue
-        res.extras["value"] = v
-        out.runs.append(res)
-        if keep_models:
-            out.models.append(model)
-    return out
 
 
 def run_with_value(runs: Sequence, value: float):

@@ -44,21 +44,6 @@ def test_prefixed_glue_prefixes_every_name(monkeypatch):
         clutils.book.prefixed_glue(1)
 
 
-def test_sweep_tolerant_records_divergence_and_matches_sweep():
-    """A value whose loss blows up is recorded, not fatal; the others train exactly as clutils.sweeps.sweep does."""
-    from clutils.sweeps import sweep
-
-    stream = clutils.make_stream("split", "digits", scenario="task")
-    cfg = clutils.TrainConfig(epochs=1, batch_size=64, lr=0.1, seed=0)
-    make_model = lambda: clutils.MLP(stream.n_features, (16,), stream.n_outputs, n_heads=stream.n_heads)
-    out = clutils.book.sweep_tolerant([0.5, 1e9], lambda lam: clutils.L2(lam), make_model, stream, cfg,
-                                      device="cpu", keep_models=True)
-    assert out.diverged == [1e9] and [r.extras["value"] for r in out.runs] == [0.5] and len(out.models) == 1
-    runs, diverged = out  # unpacks like the chapters use it
-    ref = sweep([0.5], lambda lam: clutils.L2(lam), make_model, stream, cfg, device="cpu")[0]
-    np.testing.assert_array_equal(np.asarray(runs[0].R), np.asarray(ref.R))
-
-
 def test_pooled_accuracy_weights_tasks_by_test_size():
     assert clutils.book.pooled_accuracy([1.0, 0.0, 0.5], [100, 300, 200]) == pytest.approx((100 + 100) / 600)
     with pytest.raises(ValueError, match="one accuracy per task"):
