@@ -19,6 +19,8 @@ r"""The reproductions registry: every outside number the book compares with, bes
     # ... or from a number a chapter glued into its committed outputs (one run):
     # notebook = "book/02_ewc.ipynb"
     # glue = "ch2_wi_sgd_pooled"
+    # glue_sd = "ch2_wi_sgd_pooled_sd"      # optional, with glue_n: the chapter glued a mean over seeds
+    # glue_n = "ch2_wi_sgd_pooled_n"
 
 :func:`table` computes ours (mean ± sd over the matching runs, n) and Δ; :func:`write_page` renders
 ``book/reproductions.md``; the test suite checks the page is current and that every row called
@@ -60,6 +62,8 @@ def load_registry(path: str | Path = REGISTRY) -> list[dict]:
             raise ValueError(f"{where}: verdict must be one of {VERDICTS}, got {row['verdict']!r}.")
         if row["verdict"] != "reproduced" and not row.get("note"):
             raise ValueError(f"{where}: a {row['verdict']!r} row needs a note explaining the difference.")
+        if ("glue_sd" in row) != ("glue_n" in row) or ("glue_sd" in row and "glue" not in row):
+            raise ValueError(f"{where}: glue_sd and glue_n come together, beside glue (the chapter's mean over seeds).")
         if ("results" in row) == ("glue" in row) and row["verdict"] != "not reproduced":
             raise ValueError(f"{where}: give ours either as results + select or as notebook + glue.")
         if row["id"] in seen:
@@ -118,9 +122,14 @@ def table(rows: list[dict] | None = None, root: Path = ROOT) -> list[dict]:
     """One dict per row: theirs, ours (mean, sd, n), delta and whether it lies within the tolerance."""
     out = []
     for row in rows if rows is not None else load_registry():
-        v = ours(row, root)
-        mean = statistics.fmean(v) if v else math.nan
-        sd = statistics.stdev(v) if len(v) > 1 else math.nan
+        if "glue_sd" in row:  # a chapter glued the mean, sd and count of its seeds
+            nb = root / row["notebook"]
+            v = [_glued(nb, row["glue"])] * int(_glued(nb, row["glue_n"]))
+            mean, sd = (v[0] if v else math.nan), _glued(nb, row["glue_sd"])
+        else:
+            v = ours(row, root)
+            mean = statistics.fmean(v) if v else math.nan
+            sd = statistics.stdev(v) if len(v) > 1 else math.nan
         ref = row["reference"]
         delta = mean - ref["mean"]
         out.append({**row, "ours_mean": mean, "ours_sd": sd, "ours_n": len(v), "delta": delta,

@@ -1,5 +1,6 @@
 """The reproductions registry: every outside number has a source and protocol, the page is current, and
 a number called reproduced stays within its tolerance (a regression target with the book's own results)."""
+import json
 import math
 
 import pytest
@@ -56,3 +57,22 @@ def test_ours_is_the_mean_of_the_matching_runs(tmp_path):
     (got,) = rp.table([row], root=tmp_path)
     assert got["ours_n"] == 2 and math.isclose(got["ours_mean"], 85.0) and got["within"]
     assert math.isclose(got["ours_sd"], 7.0710678, rel_tol=1e-6)
+
+
+def test_a_glued_mean_over_seeds_gives_its_sd_and_count(tmp_path):
+    def out(name, value):
+        return {"output_type": "display_data", "metadata": {"scrapbook": {"name": name, "mime_prefix": ""}},
+                "data": {"text/plain": repr(value)}}
+    nb = {"cells": [{"cell_type": "code", "outputs": [out("m", 33.0), out("m_sd", 1.5), out("m_n", 5)]}]}
+    (tmp_path / "ch.ipynb").write_text(json.dumps(nb))
+    row = {"id": "g", "chapter": "c", "claim": "c", "source": "s", "protocol": "p", "reference": {"mean": 32.5},
+           "tolerance": 1.0, "verdict": "reproduced", "notebook": "ch.ipynb", "glue": "m", "glue_sd": "m_sd",
+           "glue_n": "m_n"}
+    (got,) = rp.table([row], root=tmp_path)
+    assert (got["ours_mean"], got["ours_sd"], got["ours_n"], got["within"]) == (33.0, 1.5, 5, True)
+    bad = tmp_path / "r.toml"
+    bad.write_text('[[row]]\nid = "x"\nchapter = "c"\nclaim = "c"\nsource = "s"\nprotocol = "p"\n'
+                   'reference = { mean = 1.0 }\ntolerance = 1.0\nverdict = "reproduced"\nnotebook = "n"\n'
+                   'glue = "m"\nglue_sd = "m_sd"\n')
+    with pytest.raises(ValueError, match="glue_sd and glue_n come together"):
+        rp.load_registry(bad)
