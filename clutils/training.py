@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ._checks import check_int, check_int_sequence, check_positive_float
 from .checkpoint import Checkpointer, check_writable_folder, fingerprint, weights_digest
-from .data import Stream
+from .data import Stream, Task
 from .models import check_model
 from .results import RunResult, load_cached
 from .strategies import Naive, Strategy, undescribed
@@ -149,6 +149,17 @@ def _check_model_fits(model: nn.Module, stream: Stream) -> None:
                          f"{stream.n_features}.")
 
 
+def _correct(model: nn.Module, stream: Stream, task: Task, split: str, n_active: int, batch_size: int) -> tuple[Tensor, int]:
+    """How many of ``task``'s ``split`` the model classifies right (a device tensor: no host sync), and
+    how many examples the split has."""
+    x, y = task.split(split)
+    correct = torch.zeros((), device=y.device, dtype=torch.int64)
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i:i + batch_size], stream.head_of(task.id))[:, :n_active]
+        correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
+    return correct, len(y)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, stream: Stream, after_task: int, batch_size: int = 10_000,
              split: str = "test") -> list[float]:
@@ -156,15 +167,7 @@ def evaluate(model: nn.Module, stream: Stream, after_task: int, batch_size: int 
     was_training = model.training
     model.eval()
     n_active = stream.active_outputs(after_task)
-    accs, counts = [], []
-    for task in stream:
-        x, y = task.split(split)
-        correct = torch.zeros((), device=y.device, dtype=torch.int64)
-        for i in range(0, len(y), batch_size):
-            logits = model(x[i:i + batch_size], stream.head_of(task.id))[:, :n_active]
-            correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
-        accs.append(correct)
-        counts.append(len(y))
+    accs, counts = zip(*(_correct(model, stream, task, split, n_active, batch_size) for task in stream))
     model.train(was_training)
     return (torch.stack(accs).double().cpu() / torch.tensor(counts, dtype=torch.float64)).tolist()
 
@@ -275,19 +278,14 @@ def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: Train
         model.load_state_dict(best_state)
 
 
+@torch.inference_mode()
 def _task_accuracy(model: nn.Module, stream: Stream, t: int, split: str, batch_size: int) -> float:
     """Accuracy on task ``t``'s ``split`` alone (one host sync)."""
     was_training = model.training
     model.eval()
-    x, y = stream[t].split(split)
-    n_active = stream.active_outputs(t)
-    correct = torch.zeros((), device=y.device, dtype=torch.int64)
-    with torch.no_grad():
-        for i in range(0, len(y), batch_size):
-            correct += (model(x[i:i + batch_size], stream.head_of(t))[:, :n_active].argmax(1)
-                        == y[i:i + batch_size]).sum()
+    correct, n = _correct(model, stream, stream[t], split, stream.active_outputs(t), batch_size)
     model.train(was_training)
-    return correct.item() / len(y)
+    return correct.item() / n
 
 
 def _raise_non_finite(model: nn.Module, stream: Stream, cfg: TrainConfig, t: int, epoch: int, loss_sum: Tensor):
