@@ -205,6 +205,15 @@ def l1_param(model: nn.Module) -> Tensor:
     return sum(w.abs().sum() for w in ws)
 
 
+def _check_importance_kind(kind: str, batch_size, what: str) -> None:
+    """A known neuron importance kind; the "batch" kind needs ``batch_size`` (named ``what``), an integer >= 1."""
+    check_choice(kind, NEURON_IMPORTANCE_KINDS, "neuron importance kind")
+    if kind == "batch" and (batch_size is None or isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                            or batch_size < 1):
+        raise ValueError(f"the 'batch' neuron importance is a statistic of mini-batches: pass {what}, an integer "
+                         f">= 1 (the authors' code uses 200 on MNIST), got {batch_size!r}.")
+
+
 def neuron_importance(model: nn.Module, x: Tensor, *, head: int = 0, n_active: int | None = None,
                       chunk_size: int = 1024, kind: str = "per_sample", batch_size: int | None = None) -> list[Tensor]:
     r"""Importance of every hidden neuron (SNID/SLNID, Aljundi et al., ICLR 2019).
@@ -229,11 +238,8 @@ def neuron_importance(model: nn.Module, x: Tensor, *, head: int = 0, n_active: i
 
     Returns one vector per hidden layer, ``[alpha_1, ..., alpha_L]`` (on the model's device).
     """
-    check_choice(kind, NEURON_IMPORTANCE_KINDS, "neuron importance kind")
+    _check_importance_kind(kind, batch_size, "batch_size")
     if kind == "batch":
-        if batch_size is None or isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"the 'batch' neuron importance is a statistic of mini-batches: pass batch_size, an "
-                             f"integer >= 1 (the authors' code uses 200 on MNIST), got {batch_size!r}.")
         chunk_size = batch_size  # one pass per mini-batch: the sum inside |.| runs over exactly that batch
     check_inputs(model, x, chunk_size, n_active)
     dev = model_device(model)
@@ -342,11 +348,7 @@ class SSL(Strategy):
         self.method, self.lam, self.sigma_frac, self.discount = key, float(lam), float(sigma_frac), discount
         self.layers = None if layers is None else [int(l) for l in layers]
         self.importance_samples, self.chunk_size = importance_samples, int(chunk_size)
-        check_choice(importance_kind, NEURON_IMPORTANCE_KINDS, "neuron importance kind")
-        if importance_kind == "batch" and (importance_batch_size is None or isinstance(importance_batch_size, bool)
-                                           or not isinstance(importance_batch_size, int) or importance_batch_size < 1):
-            raise ValueError(f"SSL(importance_kind='batch') needs importance_batch_size, an integer >= 1 (the "
-                             f"authors' code uses 200 on MNIST), got {importance_batch_size!r}.")
+        _check_importance_kind(importance_kind, importance_batch_size, "importance_batch_size")
         self.importance_kind, self.importance_batch_size = importance_kind, importance_batch_size
         self.name = key
         self.alpha = BufferDict()  # accumulated neuron importance: "layer0", "layer1", ...
