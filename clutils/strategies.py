@@ -186,8 +186,6 @@ class Strategy(nn.Module):
                     bound = sig.bind(self, *args, **kw)
                     bound.apply_defaults()
                     object.__setattr__(self, "_init_args", dict(list(bound.arguments.items())[1:]))
-                    object.__setattr__(self, "_init_defaults", {k: p.default for k, p in sig.parameters.items()
-                                                                if p.default is not inspect.Parameter.empty})
                     if "_modules" not in self.__dict__:  # a subclass that forgets super().__init__() still works
                         nn.Module.__init__(self)
                 init(self, *args, **kw)
@@ -219,11 +217,13 @@ class Strategy(nn.Module):
 
     def config(self) -> dict:
         args = self.__dict__.get("_init_args", {})
-        defaults = self.__dict__.get("_init_defaults", {})
-        quiet = set(type(self).settings_recorded_when_set)
+        quiet = type(self).settings_recorded_when_set
+        if quiet:  # the recorded call is that of type(self).__init__: its signature gives the defaults
+            params = inspect.signature(type(self).__init__).parameters
+            args = {k: v for k, v in args.items()
+                    if not (k in quiet and k in params and _same(v, params[k].default))}
         return {"name": self.name, "class": type(self).__qualname__,
-                **{k: _describe(v) for k, v in args.items()
-                   if k != "name" and not (k in quiet and k in defaults and _same(v, defaults[k]))}}
+                **{k: _describe(v) for k, v in args.items() if k != "name"}}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k not in ("name", "class", "parts"))
