@@ -94,14 +94,22 @@ def _matches(config: dict, select: dict) -> bool:
     return True
 
 
-def _glued(notebook: Path, name: str) -> float:
-    nb = json.loads(notebook.read_text())
-    for cell in nb["cells"]:
-        for out in cell.get("outputs", []):
-            scrap = out.get("metadata", {}).get("scrapbook", {})
-            if scrap.get("name") == name:  # MyST-NB's glue: the value under <mime_prefix>text/plain
-                return float(out["data"][scrap.get("mime_prefix", "") + "text/plain"])
-    raise KeyError(f"{notebook.name} glues no value named {name!r}; run the chapter or fix the registry.")
+def _glues(notebook: Path) -> dict[str, str]:
+    """The text of every value a notebook glued (MyST-NB's glue: the value under <mime_prefix>text/plain)."""
+    out: dict[str, str] = {}
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for o in cell.get("outputs", []):
+            scrap = o.get("metadata", {}).get("scrapbook", {})
+            if "name" in scrap:
+                out.setdefault(scrap["name"], o["data"][scrap.get("mime_prefix", "") + "text/plain"])
+    return out
+
+
+def _glued(notebook: Path, name: str, glues: dict[str, str] | None = None) -> float:
+    glues = _glues(notebook) if glues is None else glues
+    if name not in glues:
+        raise KeyError(f"{notebook.name} glues no value named {name!r}; run the chapter or fix the registry.")
+    return float(glues[name])
 
 
 def ours(row: dict, root: Path = ROOT) -> list[float]:
@@ -124,16 +132,18 @@ def table(rows: list[dict] | None = None, root: Path = ROOT) -> list[dict]:
     for row in rows if rows is not None else load_registry():
         if "glue_sd" in row:  # a chapter glued the mean, sd and count of its seeds
             nb = root / row["notebook"]
-            v = [_glued(nb, row["glue"])] * int(_glued(nb, row["glue_n"]))
-            mean, sd = (v[0] if v else math.nan), _glued(nb, row["glue_sd"])
+            glues = _glues(nb)
+            mean, sd, n = (_glued(nb, row[k], glues) for k in ("glue", "glue_sd", "glue_n"))
+            n = int(n)
         else:
             v = ours(row, root)
             mean = statistics.fmean(v) if v else math.nan
             sd = statistics.stdev(v) if len(v) > 1 else math.nan
+            n = len(v)
         ref = row["reference"]
         delta = mean - ref["mean"]
-        out.append({**row, "ours_mean": mean, "ours_sd": sd, "ours_n": len(v), "delta": delta,
-                    "within": bool(v) and abs(delta) <= row["tolerance"]})
+        out.append({**row, "ours_mean": mean, "ours_sd": sd, "ours_n": n, "delta": delta,
+                    "within": n > 0 and abs(delta) <= row["tolerance"]})
     return out
 
 
