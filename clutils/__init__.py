@@ -1,13 +1,15 @@
 """clutils: small, tested building blocks for the continual-learning book.
 
 One module per idea: ``consolidation`` (the quadratic penalty), ``ewc`` (chapter 2), ``mas``
-(chapter 3), ``selfless`` (chapter 4), on top of ``data``, ``models``, ``strategies``,
-``training`` and the per-sample gradient engine ``per_sample``.
+(chapter 3), ``selfless`` (chapter 4), ``si`` (chapter 5), on top of ``datasets``, ``streams``,
+``models``, ``strategies``, ``training`` (the loop), ``runs`` (a run's fingerprint, cache and
+checkpoints) and the per-sample gradient engine ``per_sample``.
 """
-__version__ = "0.2.0"
+from ._version import __version__
 
 from .book import choose_profile, glue
-from .data import Dataset, Stream, Task, disjoint, load_dataset, make_stream, permuted, split
+from .datasets import Dataset, load_dataset
+from .streams import Stream, Task, disjoint, make_stream, permuted, split
 from .metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, intransigence, summary
 from .models import MLP, ContinualModel
 from .strategies import Compose, FreezeFeatures, Joint, Naive, Strategy
@@ -22,4 +24,5 @@ from .results import CacheError, RunResult
 from .baselines import count_parameters, memory_cost, separate_models
 from .sweeps import RunFailure, RunSpec, best_value, run_many, run_seeds, sweep, sweep_table
 from . import toy
-from .training import NonFiniteLossError, TrainConfig, evaluate, resolve_device, seed_everything, train_step, train_stream
+from .training import NonFiniteLossError, TrainConfig, evaluate, resolve_device, seed_everything, train_step, train_tasks
+from .runs import FINGERPRINT_VERSION, train_stream

@@ -6,7 +6,7 @@ import math
 import operator
 from typing import Any, Sequence
 
-__all__ = ["check_int", "check_int_sequence", "check_positive_float", "check_str"]
+__all__ = ["check_int", "check_int_sequence", "check_positive_float", "check_str", "check_name", "resolve_device"]
 
 
 def check_int(value: Any, what: str, minimum: int | None = None) -> int:
@@ -58,3 +58,31 @@ def check_str(value: Any, what: str, choices: Sequence[str]) -> str:
 
 def _is_array_like(value: Any) -> bool:
     return hasattr(value, "__len__") and hasattr(value, "__getitem__") and getattr(value, "ndim", 1) == 1
+
+
+def check_name(name: Any, allowed: Sequence[str], what: str) -> str:
+    """``name`` normalised (lower case, ``-`` as ``_``) if it is one of ``allowed``, else a ``ValueError`` listing them."""
+    key = check_str(name, what, allowed).lower().replace("-", "_")
+    if key not in allowed:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(allowed)}.")
+    return key
+
+
+def resolve_device(device: Any = "auto"):
+    """``"auto"`` -> CUDA when available, else CPU; a CUDA (or MPS) device asked for where there is none raises."""
+    import torch
+
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'auto', or a torch.device; "
+                        f"got {device!r} ({type(device).__name__}).")
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r} is not a device torch knows ({err}); use 'auto', 'cpu' or 'cuda'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for but CUDA is not available; use device='auto' or 'cpu'.")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError(f"device {device!r} asked for but MPS is not available here; use device='auto' or 'cpu'.")
+    return dev

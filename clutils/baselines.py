@@ -17,11 +17,12 @@ from typing import Callable
 
 from torch import nn
 
-from .data import Stream, Task
+from .streams import Stream, Task
 from .models import check_model
 from .results import RunResult
 from .strategies import Naive
-from .training import TrainConfig, evaluate, resolve_device, train_stream
+from .runs import train_stream
+from .training import TrainConfig, evaluate, resolve_device
 
 __all__ = ["separate_models", "memory_cost", "count_parameters", "BASELINES"]
 

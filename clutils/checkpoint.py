@@ -1,13 +1,14 @@
 """Checkpoints after every task, refused when written by a different configuration.
 
-A checkpoint holds the model's and strategy's state (importances, anchors), which
-parameters are trainable, the rows of the accuracy matrix so far, the curves and
-timings, and PyTorch's global RNG state.  Batch order is drawn from generators
-seeded by (seed, task, epoch), so a resumed run repeats the uninterrupted one exactly.
+A checkpoint holds the run's configuration, the model's and strategy's state (importances,
+anchors), which parameters are trainable, the rows of the accuracy matrix so far, the curves and
+timings, and PyTorch's RNG state inside the run.  Batch order is drawn from generators seeded by
+(seed, task, epoch), so a resumed run repeats the uninterrupted one exactly.  A checkpoint is
+resumed only when the configuration stored *inside* it equals the run's (the folder's name or a
+stored key is an index, never a proof), and only when its contents fit the run.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Checkpointer", "CheckpointError", "ConfigMismatchError", "check_writable_folder", "fingerprint",
-           "weights_digest"]
+from ._files import atomic_write
+
+__all__ = ["Checkpointer", "CheckpointError", "ConfigMismatchError", "check_writable_folder", "first_difference",
+           "normalised"]
 
 
 class CheckpointError(RuntimeError):
@@ -48,34 +51,44 @@ def check_writable_folder(folder: str | os.PathLike, what: str = "checkpoint_dir
     return folder
 
 
-def fingerprint(config: dict) -> str:
-    """A short hash of a run's configuration (JSON with sorted keys)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def normalised(config: dict) -> dict:
+    """``config`` as it reads back from JSON (tuples as lists, keys as strings): what stored copies are compared with."""
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """A short hash of a model's parameters and buffers (its initial weights, for the fingerprint).
-
-    Two runs with the same settings but differently initialised models (another seed)
-    must not resume each other.
-    """
-    h = hashlib.sha256()
-    for name, v in model.state_dict().items():
-        h.update(name.encode())
-        h.update(v.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+def first_difference(a, b, where: str = "config") -> str | None:
+    """Where two JSON-like values first differ (``"config.strategy.lam: 1.0 != 2.0"``), ``None`` if equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                return f"{where}.{k}: {'absent' if k not in a else 'present'} in the file, " \
+                       f"{'absent' if k not in b else 'present'} in this run"
+            d = first_difference(a[k], b[k], f"{where}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = first_difference(x, y, f"{where}[{i}]")
+            if d:
+                return d
+        return None
+    return None if a == b else f"{where}: {str(a)[:60]} in the file, {str(b)[:60]} in this run"
 
 
 class Checkpointer:
     """Saves ``checkpoint.pt`` in ``folder`` after each task; loads it only for the same configuration."""
 
+    REQUIRED = ("config", "task", "model", "strategy", "requires_grad", "acc", "val_acc", "curves", "timings",
+                "torch_rng")
+
     def __init__(self, folder: str | os.PathLike, config: dict):
         self.folder = Path(folder)
         self.path = self.folder / "checkpoint.pt"
-        self.config = config
-        self.key = fingerprint(config)
+        self.config = normalised(config)
 
     def load(self) -> dict | None:
+        """The checkpoint's state (``None`` if there is none); a clear error if it is damaged or another run's."""
         if not self.path.exists():
             return None
         advice = "Delete it to start this run afresh (or point checkpoint_dir at another folder)."
@@ -91,23 +104,20 @@ class Checkpointer:
                     f"in tensors). {advice}") from None
             raise CheckpointError(f"{self.path} is damaged and cannot be read ({type(err).__name__}: {err}); "
                                   f"it may be truncated. {advice}") from None
-        if not isinstance(state, dict) or "fingerprint" not in state or "task" not in state:
-            raise CheckpointError(f"{self.path} is not a clutils checkpoint (it holds a {type(state).__name__}"
-                                  f"{' without a fingerprint' if isinstance(state, dict) else ''}). {advice}")
-        if state.get("fingerprint") != self.key:
+        if not isinstance(state, dict) or "config" not in state or "task" not in state:
+            raise CheckpointError(f"{self.path} is not a clutils checkpoint of this version (it holds a "
+                                  f"{type(state).__name__}{' without a stored configuration' if isinstance(state, dict) else ''}"
+                                  f"). {advice}")
+        diff = first_difference(state["config"], self.config)
+        if diff:
             raise ConfigMismatchError(
-                f"{self.path} was written by a different configuration (fingerprint {state.get('fingerprint')} "
-                f"!= {self.key}); it is not resumed, to avoid mixing two runs. Use a new checkpoint folder "
-                f"or delete this one.")
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+                f"{self.path} was written by a different configuration ({diff}); it is not resumed, to avoid "
+                f"mixing two runs. Use a new checkpoint folder or delete this one.")
+        missing = [k for k in self.REQUIRED if k not in state]
+        if missing:
+            raise CheckpointError(f"{self.path} lacks {missing}: it is incomplete or edited. {advice}")
         return state
 
     def save(self, state: dict) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        state = dict(state, fingerprint=self.key, config=self.config, torch_rng=torch.get_rng_state(),
-                     cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)  # atomic: a kill never leaves half a checkpoint
+        state = dict(state, config=self.config)
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))  # a kill never leaves half a checkpoint

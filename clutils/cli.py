@@ -181,7 +181,7 @@ def _example(want: str) -> str:
 
 
 def _stream_settings(kind: str) -> dict[str, inspect.Parameter]:
-    from . import data
+    from . import streams as data
 
     fn = {"permuted": data.permuted, "split": data.split, "disjoint": data.disjoint}[kind]
     out = {n: p for n, p in _settings(fn, skip=("ds",)).items()}
@@ -236,7 +236,7 @@ def load_experiment(path: str | Path) -> Experiment:
             raise ExperimentError("reading experiment files on Python 3.10 needs tomli: pip install tomli "
                                   "(Python >= 3.11 has tomllib built in).") from None
 
-    from . import data
+    from . import streams as data
     from .models import MLP
     from .training import TrainConfig
 
@@ -395,7 +395,7 @@ def _expand(exp: Experiment) -> list[Run]:
 
 def _check_runs(check: _Checker, exp: Experiment) -> None:
     """Build every distinct setting once (no data loaded): constructor errors surface before any run."""
-    from . import data
+    from . import streams as data
     from .training import TrainConfig
 
     seen = set()

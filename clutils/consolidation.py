@@ -37,8 +37,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .data import Stream
+from .streams import Stream
 from .models import check_model
+from . import seeds
 from .strategies import BufferDict, Strategy
 
 __all__ = ["quadratic_penalty", "Consolidation", "L2", "ImportanceFn", "MODES", "task_inputs"]
@@ -74,7 +75,7 @@ def task_inputs(stream: Stream, t: int, n_samples: int | None = None, seed: int 
     task = stream[t]
     x, y = task.x_train, task.y_train
     if n_samples is not None and n_samples < len(y):
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + 7_919 * t)
+        g = seeds.generator(seeds.subsample_seed(seed, t))
         idx = torch.randperm(len(y), generator=g)[:n_samples].to(y.device)
         x, y = x[idx], y[idx]
     return x, y
@@ -103,7 +104,7 @@ class Consolidation(Strategy):
     State (buffers): ``omega`` (:math:`A`), ``anchor`` (:math:`\bar\theta`), ``const`` (:math:`c`, float64)
     and ``n_tasks``.  The trainer applies the penalty through :meth:`grad_penalty` (its gradient
     added to ``.grad`` with fused kernels); :meth:`value` is the same penalty as a plain
-    differentiable expression.
+    differentiable expression (the tests check that the two agree).
     """
 
     name = "consolidation"
@@ -199,29 +200,17 @@ class Consolidation(Strategy):
         self._bound = None
         return super()._apply(fn, *args, **kwargs)
 
-    def grad_penalty(self, model: nn.Module, t: int, with_value: bool = True) -> Tensor | None:
-        r"""Add :math:`\lambda A\odot(\theta-\bar\theta)` to every consolidated parameter's ``.grad`` and
-        return the penalty :math:`\frac\lambda2\big(\sum_i A_i(\theta_i-\bar\theta_i)^2+c\big)`
-        (``with_value=False``: the gradient only, about a third of the cost, and ``None``)."""
+    def grad_penalty(self, model: nn.Module, t: int) -> None:
+        r"""Add :math:`\lambda A\odot(\theta-\bar\theta)`, the gradient of
+        :math:`\frac\lambda2\sum_i A_i(\theta_i-\bar\theta_i)^2`, to every consolidated parameter's ``.grad``."""
         if len(self.omega) == 0:
-            return None
+            return
         bound = self._bound if self._bound is not None and self._bound[0] is model else self._bind(model)
         _, P, A, M = bound
-        lam = self.lam * self.lam_scale
         with torch.no_grad():
-            d = torch._foreach_sub(P, M)  # theta - theta-bar
-            Ad = torch._foreach_mul(d, A)
+            Ad = torch._foreach_mul(torch._foreach_sub(P, M), A)  # A (theta - theta-bar)
             trained = [i for i, p in enumerate(P) if p.grad is not None]
-            torch._foreach_add_([P[i].grad for i in trained], [Ad[i] for i in trained], alpha=lam)
-            if not with_value:
-                return None
-            value = torch.stack([torch.vdot(a.view(-1), b.view(-1)) for a, b in zip(Ad, d)]).sum()
-        return 0.5 * lam * (value + self.const.to(value.dtype))
-
-    @torch.no_grad()
-    def penalty_value(self, model: nn.Module, t: int) -> Tensor | None:
-        """:math:`\\frac\\lambda2\\big(\\sum_i A_i(\\theta_i-\\bar\\theta_i)^2+c\\big)` now, without gradients."""
-        return self.value(model)
+            torch._foreach_add_([P[i].grad for i in trained], [Ad[i] for i in trained], alpha=self.lam * self.lam_scale)
 
     def value(self, model: nn.Module) -> Tensor | None:
         r"""The same penalty as a differentiable expression: :math:`\frac\lambda2\sum_iA_i(\theta_i-\bar\theta_i)^2+\frac\lambda2c`."""

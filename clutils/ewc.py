@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .consolidation import Consolidation, check_sampling, task_inputs
-from .data import Stream
+from . import seeds
+from .streams import Stream
 from .per_sample import (active, batch_grad_sums, check_choice, check_inputs, eval_mode, model_device,
                          per_sample_sums)
 
@@ -145,7 +146,7 @@ class EWC(Consolidation):
     def importance(self, model: nn.Module, stream: Stream, t: int) -> dict[str, Tensor]:
         """:math:`F^{(t)}`: the Fisher diagonal on task ``t``'s training inputs, through its own head."""
         x, y = task_inputs(stream, t, self.n_samples, self.seed)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 31 * t + 1)
+        gen = seeds.generator(seeds.label_sampling_seed(self.seed, t))
         return fisher_diagonal(model, x, y, kind=self.fisher, head=stream.head_of(t),
                                n_active=stream.active_outputs(t), chunk_size=self.chunk_size,
                                batch_size=self.batch_size, generator=gen)

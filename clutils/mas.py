@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .consolidation import Consolidation, check_sampling, task_inputs
-from .data import Stream
+from .streams import Stream
 from .models import MLP
 from .per_sample import (active, batch_grad_sums, check_choice, check_inputs, chunks, eval_mode, model_device,
                          per_sample_sums, zeros_like_params)

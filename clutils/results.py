@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
+from ._files import atomic_write_text
+from ._version import __version__
+from .checkpoint import first_difference, normalised
 
 __all__ = ["RunResult", "CacheError", "load_cached"]
 
@@ -36,6 +39,7 @@ class RunResult:
     extras: dict = field(default_factory=dict)
     val_acc: list[list[float]] = field(default_factory=list)  # the same matrix on the validation splits, if any
     from_cache: bool = field(default=False, compare=False)  # loaded from the result cache, not trained
+    model_restored: bool = field(default=False, compare=False)  # a cache hit that gave the trained weights back
 
     @property
     def R(self) -> np.ndarray:
@@ -57,16 +61,10 @@ class RunResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the record as JSON (atomically: a crash leaves the old file or the new one)."""
-        from . import __version__
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
         record = asdict(self)
-        del record["from_cache"]
-        tmp.write_text(json.dumps({"format": FORMAT, "clutils_version": __version__, **record}, indent=1))
-        os.replace(tmp, path)
-        return path
+        del record["from_cache"], record["model_restored"]
+        return atomic_write_text(path, json.dumps({"format": FORMAT, "clutils_version": __version__, **record},
+                                                  indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunResult":
@@ -91,7 +89,7 @@ class RunResult:
         if fmt != FORMAT:
             raise ValueError(f"{path} was written by clutils {version} in record format {fmt!r}; this clutils "
                              f"reads format {FORMAT}. Load it with that version, or run again to rewrite it.")
-        known = {f.name for f in fields(cls)} - {"from_cache"}  # set by load_cached, never stored
+        known = {f.name for f in fields(cls)} - {"from_cache", "model_restored"}  # set when loaded, never stored
         required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
         missing, unknown = sorted(required - set(d)), sorted(set(d) - known)
         if missing or unknown:
@@ -126,8 +124,10 @@ def _check_acc(acc: list, path: Path) -> None:
                          f"{len(acc[0])} columns (tasks); the file is damaged. Run again to rewrite it.")
 
 
-def load_cached(path: str | os.PathLike) -> RunResult | None:
-    """The cached run at ``path`` (``from_cache=True``), ``None`` if there is none; a clear error if it is unreadable."""
+def load_cached(path: str | os.PathLike, config: dict | None = None) -> RunResult | None:
+    """The cached run at ``path`` (``from_cache=True``), ``None`` if there is none; a clear error if it is
+    unreadable, or if the configuration stored inside it is not ``config`` (the file name is an index,
+    not a proof: a file copied or edited under another run's name is refused)."""
     path = Path(path)
     if not path.exists():
         return None
@@ -136,5 +136,10 @@ def load_cached(path: str | os.PathLike) -> RunResult | None:
     except Exception as err:
         raise CacheError(f"the result-cache file {path} is unreadable ({type(err).__name__}: {err}); it may be "
                          f"truncated or corrupt. Delete it and run again (the run will be retrained).") from None
+    if config is not None:
+        diff = first_difference(res.config, normalised(config))
+        if diff:
+            raise CacheError(f"the result-cache file {path} holds another run's result ({diff}): it was copied or "
+                             f"edited under this run's name. Delete it and run again.")
     res.from_cache = True
     return res

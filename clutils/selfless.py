@@ -43,7 +43,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .data import Stream
+from .streams import Stream
+from ._checks import check_int
 from .consolidation import check_lam
 from .models import MLP, check_model
 from .per_sample import active, check_choice, check_inputs, chunks, eval_mode, input_chunk, model_device
@@ -324,7 +325,6 @@ class SSL(Strategy):
     """
 
     name = "ssl"
-    settings_recorded_when_set = ("importance_kind", "importance_batch_size")
 
     def __init__(self, method: str = "slnid", lam: float = 1e-3, *, sigma_frac: float = 1 / 6,
                  discount: str = "sum", layers: Sequence[int] | None = None,
@@ -342,12 +342,11 @@ class SSL(Strategy):
             raise ValueError(f"unknown discount {discount!r}; choose 'sum' (paper) or 'max' (authors' code).")
         if layers is not None and (len(layers) == 0 or any(int(l) != l or l < 0 for l in layers)):
             raise ValueError(f"layers must be None (all hidden layers) or non-empty indices >= 0, got {layers!r}.")
-        if importance_samples is not None and (isinstance(importance_samples, bool) or
-                                               not isinstance(importance_samples, int) or importance_samples < 1):
-            raise ValueError(f"importance_samples must be None (all) or an integer >= 1, got {importance_samples!r}.")
+        if importance_samples is not None:
+            importance_samples = check_int(importance_samples, "importance_samples (None: all)", minimum=1)
         self.method, self.lam, self.sigma_frac, self.discount = key, float(lam), float(sigma_frac), discount
         self.layers = None if layers is None else [int(l) for l in layers]
-        self.importance_samples, self.chunk_size = importance_samples, int(chunk_size)
+        self.importance_samples, self.chunk_size = importance_samples, check_int(chunk_size, "chunk_size", minimum=1)
         _check_importance_kind(importance_kind, importance_batch_size, "importance_batch_size")
         self.importance_kind, self.importance_batch_size = importance_kind, importance_batch_size
         self.name = key

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .consolidation import Consolidation, check_lam
-from .data import Stream
+from .streams import Stream
 from .strategies import BufferDict
 
 __all__ = ["SI"]
@@ -40,16 +40,17 @@ class SI(Consolidation):
         c: the strength :math:`c\ge0` of the penalty :math:`c\sum_i\Omega_i(\theta_i-\theta^*_i)^2`.
         xi: the damping :math:`\xi>0` (the paper uses 0.1 on split MNIST, 1e-3 on permuted MNIST).
 
-    Hooks: ``before_task`` remembers :math:`\theta_{\text{start}}`; ``grad_penalty`` (called right
-    after ``backward()``, before the optimiser step) keeps the gradient :math:`g` of the loss and the
-    parameters before the step, then adds SI's own penalty gradient; ``after_step`` adds
+    Hooks: ``before_task`` remembers :math:`\theta_{\text{start}}`; ``after_backward`` (right after
+    ``backward()``) keeps the gradient :math:`g` of the task's loss -- SI sets ``task_gradient``, so
+    activation penalties composed with it (SLNID) are back-propagated separately and never count as
+    task progress, and no consolidation gradient (its own or another strategy's) has been added yet,
+    wherever SI stands in a ``Compose`` -- and the parameters before the step; ``after_step`` adds
     :math:`-g\odot\Delta\theta` to :math:`\omega`; ``after_task`` turns :math:`\omega` into
     :math:`\Omega^{(t)}` and folds it into the running quadratic (online mode, :math:`\gamma=1`).
-    :math:`g` includes activation penalties (``penalty`` hooks, e.g. SLNID) and the consolidation
-    gradients of strategies placed *before* SI in a ``Compose``; put SI first.
     """
 
     name = "si"
+    task_gradient = True
 
     def __init__(self, c: float, *, xi: float = 0.1):
         super().__init__(c, mode="online", gamma=1.0, lam_scale=2.0)
@@ -65,13 +66,12 @@ class SI(Consolidation):
             self.start[n] = p.detach().clone()
             self.path[n] = torch.zeros_like(p)
 
-    def grad_penalty(self, model: nn.Module, t: int, with_value: bool = True) -> Tensor | None:
+    def after_backward(self, model: nn.Module, t: int) -> None:
         moving = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
         with torch.no_grad():
             self._step = ([n for n, _ in moving], [p for _, p in moving],
                           torch._foreach_mul([p.grad for _, p in moving], 1.0),  # a copy of g
                           [p.detach().clone() for _, p in moving])
-        return super().grad_penalty(model, t, with_value)
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, t: int) -> None:

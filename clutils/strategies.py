@@ -2,42 +2,46 @@
 
 A strategy is an ``nn.Module`` whose state (importances, anchors, neuron importances) lives
 in registered buffers, so ``strategy.state_dict()`` is PyTorch's and ``strategy.to(device)``
-moves it.  The trainer (:func:`clutils.training.train_step`, :func:`~clutils.training.train_stream`)
-calls five hooks, in this order::
+moves it.  The trainer (:func:`clutils.training.train_step`, :func:`clutils.training.train_tasks`)
+calls its hooks, each named for when it runs::
 
-    x, y, heads = strategy.train_data(stream, t)      # what task t trains on
+    x, y, heads = strategy.train_data(stream, t)       # what task t trains on
     strategy.before_task(model, stream, t)
-    for every batch:                                   # train_step
-        loss = CE + strategy.penalty(model, t, hidden)  # autograd penalties (on activations)
-        loss.backward()
-        strategy.grad_penalty(model, t)               # penalties added straight to .grad
+    for every batch:                                    # train_step
+        task_loss = CE(model(x), y)
+        penalty = strategy.penalty(model, t, hidden)    # autograd penalties (on activations)
+        (task_loss + penalty).backward()
+        strategy.after_backward(model, t)               # .grad holds the loss's gradient, nothing else yet
+        strategy.grad_penalty(model, t)                 # penalties added straight to .grad
         optimiser.step()
         strategy.after_step(model, t)
-    strategy.after_task(model, stream, t)              # e.g. compute importance
+    strategy.after_task(model, stream, t)               # e.g. compute importance
 
-``penalty`` returns a scalar the loss gets (``None``: nothing); ``grad_penalty`` adds the
-gradient of a penalty whose gradient is known in closed form (the quadratic consolidation
-penalty, :math:`\\lambda\\Omega\\odot(\\theta-\\theta^*)`) to the parameters' ``.grad`` with fused
-kernels, and returns that penalty's value for the logged loss (``with_value=False`` skips the
-value: ``train_stream`` does, and adds ``penalty_value`` to the NaN guard once per epoch instead).
+``penalty`` returns a scalar the loss gets (``None``: nothing).  A strategy that sets
+``task_gradient = True`` (Synaptic Intelligence) sees in ``after_backward`` the gradient of the
+task's loss alone: the trainer then back-propagates the task loss and the activation penalties
+separately.  ``grad_penalty`` adds the gradient of a penalty whose gradient is known in closed
+form (the quadratic consolidation penalty, :math:`\\lambda\\Omega\\odot(\\theta-\\theta^*)`) to the
+parameters' ``.grad`` with fused kernels.
 
-``config()`` describes a strategy for run records and the result cache: by default its class
-name and every argument its constructor was called with (defaults filled in), so a
-subclass's settings are captured without writing ``config()``.  A function argument (a custom
-importance closure) is described by its code and the values it captures, a tensor by a digest of
-its values; an argument that cannot be described (an object whose ``repr`` is only its address)
-makes ``train_stream`` refuse ``checkpoint_dir`` / ``cache_dir`` rather than risk resuming a
-different run.  Settings changed after construction (``s.k = 5``) are not seen: pass them to the
-constructor, or override ``config()``.  A strategy object serves one run: it keeps that run's
-state, and ``train_stream`` refuses to start a second run with it.  A subclass that defines
-``__init__`` should call ``super().__init__()`` first, as every ``nn.Module`` does (one that
-forgets is initialised as a module anyway).
+``config()`` describes a strategy for run records and the result cache, by one rule: its class
+name and every argument its constructor was called with **that differs from the argument's
+default** (so a setting added later, with a default that keeps the old behaviour, leaves the
+fingerprints of earlier runs alone), plus a digest of the code of any class in its MRO written
+outside clutils (a user's subclass whose penalty changes is another run).  A function argument (a
+custom importance closure) is described by its code and the values it captures, a tensor by a
+digest of its values; an argument that cannot be described (an object whose ``repr`` is only its
+address) makes ``train_stream`` refuse ``checkpoint_dir`` / ``cache_dir`` rather than risk
+resuming a different run.  Settings changed after construction (``s.k = 5``) are not seen: pass
+them to the constructor, or override ``config()``.  A strategy object serves one run: it keeps
+that run's state, and ``train_stream`` refuses to start a second run with it.  A subclass that
+defines ``__init__`` should call ``super().__init__()`` first, as every ``nn.Module`` does (one
+that forgets is initialised as a module anyway).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import inspect
 import types
 from typing import Any
@@ -46,7 +50,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data import Stream
+from ._digest import class_code_digest, code_digest, tensor_digest
+from .streams import Stream
 
 __all__ = ["Strategy", "Naive", "Joint", "FreezeFeatures", "Compose", "BufferDict"]
 
@@ -73,9 +78,9 @@ def _describe(value: Any, depth: int = 0) -> Any:
     if isinstance(value, Strategy):
         return value.config()
     if isinstance(value, Tensor):
-        return {"tensor": list(value.shape), "dtype": str(value.dtype), "sha256": _tensor_digest(value)}
+        return {"tensor": list(value.shape), "dtype": str(value.dtype), "sha256": tensor_digest(value)}
     if isinstance(value, Stream):
-        return {"stream": value.description}
+        return {"stream": value.description, "content": value.digest()}
     if isinstance(value, np.ndarray):
         return _describe(torch.from_numpy(np.ascontiguousarray(value)), d)
     if isinstance(value, (np.integer, np.floating, np.bool_)):
@@ -104,22 +109,8 @@ def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
-def _tensor_digest(t: Tensor) -> str:
-    data = t.detach().cpu().contiguous()
-    return hashlib.sha256(data.flatten().view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
-
-
-def _code_digest(code: types.CodeType) -> str:
-    """A digest of a code object: its bytecode, constants (nested code recursively) and names."""
-    h = hashlib.sha256(code.co_code)
-    for c in code.co_consts:
-        h.update((_code_digest(c) if isinstance(c, types.CodeType) else repr(c)).encode())
-    h.update(repr((code.co_names, code.co_varnames)).encode())
-    return h.hexdigest()[:16]
-
-
 def _describe_function(fn: types.FunctionType, depth: int) -> dict:
-    out: dict[str, Any] = {"callable": _qualname(fn), "code": _code_digest(fn.__code__)}
+    out: dict[str, Any] = {"callable": _qualname(fn), "code": code_digest(fn.__code__)}
     if fn.__closure__:
         out["closure"] = {name: _describe(_cell(c), depth) for name, c in zip(fn.__code__.co_freevars, fn.__closure__)}
     if fn.__defaults__:
@@ -170,9 +161,7 @@ class Strategy(nn.Module):
 
     name = "naive"
     changes_data = False  # True for strategies that override train_data (at most one per Compose)
-    # Settings added to a class after runs were cached with it: config() records one only when it
-    # differs from its default, so the fingerprints of the earlier runs (which used the default) hold.
-    settings_recorded_when_set: tuple[str, ...] = ()
+    task_gradient = False  # True: after_backward must see the gradient of the task's loss alone
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -184,8 +173,10 @@ class Strategy(nn.Module):
             def recorded(self, *args, **kw):
                 if "_init_args" not in self.__dict__:  # the outermost constructor
                     bound = sig.bind(self, *args, **kw)
-                    bound.apply_defaults()
-                    object.__setattr__(self, "_init_args", dict(list(bound.arguments.items())[1:]))
+                    given = dict(list(bound.arguments.items())[1:])
+                    defaults = {k: p.default for k, p in sig.parameters.items() if p.default is not p.empty}
+                    object.__setattr__(self, "_init_args", {k: v for k, v in given.items()
+                                                            if not (k in defaults and _same(v, defaults[k]))})
                     if "_modules" not in self.__dict__:  # a subclass that forgets super().__init__() still works
                         nn.Module.__init__(self)
                 init(self, *args, **kw)
@@ -202,12 +193,12 @@ class Strategy(nn.Module):
     def penalty(self, model: nn.Module, t: int, hidden: list[Tensor]) -> Tensor | None:
         return None
 
-    def grad_penalty(self, model: nn.Module, t: int, with_value: bool = True) -> Tensor | None:
-        return None
+    def after_backward(self, model: nn.Module, t: int) -> None:
+        """Right after ``backward()``: ``.grad`` holds the loss's gradient (the task loss alone if any
+        strategy of the run sets ``task_gradient``), no ``grad_penalty`` added yet."""
 
-    def penalty_value(self, model: nn.Module, t: int) -> Tensor | None:
-        """The value of the ``grad_penalty`` penalties now, without touching ``.grad`` (the trainer's NaN guard)."""
-        return None
+    def grad_penalty(self, model: nn.Module, t: int) -> None:
+        """Add a closed-form penalty gradient to the parameters' ``.grad`` (before the optimiser step)."""
 
     def after_step(self, model: nn.Module, t: int) -> None:
         pass
@@ -216,17 +207,15 @@ class Strategy(nn.Module):
         pass
 
     def config(self) -> dict:
+        """The class, the constructor arguments that differ from their defaults, and the code of a user's subclass."""
         args = self.__dict__.get("_init_args", {})
-        quiet = type(self).settings_recorded_when_set
-        if quiet:  # the recorded call is that of type(self).__init__: its signature gives the defaults
-            params = inspect.signature(type(self).__init__).parameters
-            args = {k: v for k, v in args.items()
-                    if not (k in quiet and k in params and _same(v, params[k].default))}
+        code = class_code_digest(self)
         return {"name": self.name, "class": type(self).__qualname__,
-                **{k: _describe(v) for k, v in args.items() if k != "name"}}
+                **{k: _describe(v) for k, v in args.items() if k != "name"},
+                **({"code": code} if code else {})}
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k not in ("name", "class", "parts"))
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k not in ("name", "class", "parts", "code"))
 
 
 class Naive(Strategy):
@@ -285,6 +274,7 @@ class Compose(Strategy):
         self.name = "+".join(p.name for p in parts)
         self.changes_data = bool(data_changers)
         self._data_part = next((i for i, p in enumerate(parts) if p.changes_data), 0)  # an index: no twin submodule
+        self.task_gradient = any(p.task_gradient for p in parts)
 
     def train_data(self, stream, t):
         return self.parts[self._data_part].train_data(stream, t)
@@ -304,11 +294,13 @@ class Compose(Strategy):
     def penalty(self, model, t, hidden):
         return self._sum(p.penalty(model, t, hidden) for p in self.parts)
 
-    def grad_penalty(self, model, t, with_value=True):
-        return self._sum([p.grad_penalty(model, t, with_value) for p in self.parts])
+    def after_backward(self, model, t):
+        for p in self.parts:
+            p.after_backward(model, t)
 
-    def penalty_value(self, model, t):
-        return self._sum([p.penalty_value(model, t) for p in self.parts])
+    def grad_penalty(self, model, t):
+        for p in self.parts:
+            p.grad_penalty(model, t)
 
     def after_step(self, model, t):
         for p in self.parts:

@@ -36,10 +36,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .data import Stream, make_stream
+from .streams import Stream, make_stream
 from .results import RunResult
 from .strategies import Strategy
-from .training import TrainConfig, resolve_device, seed_everything, train_stream
+from .runs import train_stream
+from .training import TrainConfig, resolve_device, seed_everything
 
 __all__ = ["sweep", "run_seeds", "run_many", "RunSpec", "RunFailure", "sweep_table", "best_value", "METRICS"]
 

@@ -1,62 +1,36 @@
-"""Sequential training of a stream, task by task, with a pluggable strategy.
+"""The training loop: tasks, epochs, batches, evaluation, the NaN guard -- and nothing else.
 
-:func:`train_step` is one optimiser step (forward, loss, the strategy's penalties, backward,
-step); :func:`train_stream` calls it over every task's batches, drawn by index from tensors
-already on the device (no DataLoader), rebuilds the optimiser for each task over the parameters
-that task trains, and after every task evaluates the model on every task's test set, filling
-the accuracy matrix ``R[i, j]``.  Runs can checkpoint after each task and resume to exactly the
-same result (:mod:`clutils.checkpoint`), and a finished run can be cached and loaded instead of
-trained again (``cache_dir``).
+:func:`train_step` is one optimiser step (forward, loss, the strategy's penalties, backward, step);
+:func:`train_tasks` calls it over every task's batches, drawn by index from tensors already on the
+device (no DataLoader), rebuilds the optimiser for each task over the parameters that task trains,
+and after every task evaluates the model on every task's test set, yielding one row of the
+accuracy matrix ``R[i, j]`` at a time.  What a run is -- its fingerprint, the result cache, the
+checkpoints -- lives in :mod:`clutils.runs`, whose :func:`~clutils.runs.train_stream` drives this loop.
 """
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sys
 import time
-import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_int, check_int_sequence, check_positive_float
-from .checkpoint import Checkpointer, check_writable_folder, fingerprint, weights_digest
-from .data import Stream, Task
-from .models import check_model
-from .results import RunResult, load_cached
-from .strategies import Naive, Strategy, undescribed
+from . import seeds
+from ._checks import check_int, check_int_sequence, check_positive_float, resolve_device
+from .seeds import seed_everything
+from .streams import Stream, Task
+from .strategies import Strategy
 
-__all__ = ["TrainConfig", "resolve_device", "seed_everything", "evaluate", "train_step", "train_stream",
+__all__ = ["TrainConfig", "TaskRecord", "resolve_device", "seed_everything", "evaluate", "train_step", "train_tasks",
            "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for but CUDA is not available; use device='auto' or 'cpu'.")
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and PyTorch's generators (model initialisation uses these)."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -86,7 +60,7 @@ class TrainConfig:
         """Refuse wrong types and values before any work: integers where counts are expected (a
         float is never truncated silently), finite positive ``lr``, finite non-negative
         ``momentum`` and ``weight_decay``, no momentum with Adam."""
-        if self.optimizer not in ("sgd", "adam"):
+        if not isinstance(self.optimizer, str) or self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'.")
         if not _is_int(self.epochs):
             if isinstance(self.epochs, (str, bytes)) or not isinstance(self.epochs, Sequence):
@@ -114,13 +88,21 @@ class TrainConfig:
                 raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
 
     def to_dict(self) -> dict:
-        """The settings as plain JSON values (for run records and the cache fingerprint)."""
-        d = asdict(self)
-        if d["select_epoch"] is None:  # added after runs were cached: recorded only when set
-            del d["select_epoch"]
-        d["epochs"] = int(self.epochs) if _is_int(self.epochs) else [int(e) for e in self.epochs]
-        for k in ("batch_size", "eval_batch_size", "seed"):
-            d[k] = int(d[k])
+        """The settings that differ from their defaults, as plain JSON values (run records, the fingerprint).
+
+        One rule for every setting, as for strategies: a default is omitted, so a setting added later
+        (with a default that keeps what runs did before) changes no earlier run's fingerprint."""
+        d = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "epochs":
+                v = int(v) if _is_int(v) else [int(e) for e in v]
+            elif f.name in ("batch_size", "eval_batch_size", "seed"):
+                v = int(v)
+            elif isinstance(v, float) or f.name in ("lr", "momentum", "weight_decay"):
+                v = float(v)
+            if not (type(v) is type(f.default) and v == f.default):
+                d[f.name] = v
         return d
 
 
@@ -131,22 +113,6 @@ def _is_int(value) -> bool:
     except TypeError:
         return False
 
-
-
-def _check_model_fits(model: nn.Module, stream: Stream) -> None:
-    model = check_model(model)
-    if len(stream) == 0:
-        raise ValueError("the stream has no tasks.")
-    if model.n_heads != stream.n_heads:
-        raise ValueError(
-            f"the model has {model.n_heads} head(s) but the {stream.scenario}-incremental stream needs "
-            f"{stream.n_heads} ({'one per task' if stream.scenario == 'task' else 'one shared head'}); build it with "
-            f"MLP(..., out_features={stream.n_outputs}, n_heads={stream.n_heads}).")
-    if model.out_features < stream.n_outputs:
-        raise ValueError(f"the model's heads have {model.out_features} outputs but the stream needs {stream.n_outputs}.")
-    if model.in_features != stream.n_features:
-        raise ValueError(f"the model takes {model.in_features} input features but the stream's images have "
-                         f"{stream.n_features}.")
 
 
 def _correct(model: nn.Module, stream: Stream, task: Task, split: str, n_active: int, batch_size: int) -> tuple[Tensor, int]:
@@ -172,27 +138,14 @@ def evaluate(model: nn.Module, stream: Stream, after_task: int, batch_size: int 
     return (torch.stack(accs).double().cpu() / torch.tensor(counts, dtype=torch.float64)).tolist()
 
 
-def _flush_denormal_is_on() -> bool:
-    return bool(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).eq(0).item())  # a subnormal read as 0
-
-
-@contextlib.contextmanager
-def _flush_denormal(enabled: bool):
-    """Inside: subnormal floats count as zero on the CPU (``torch.set_flush_denormal``); the previous mode after.
-
-    Arithmetic on subnormals (|x| < 1.2e-38 in float32) is many times slower on x86 CPUs; penalties
-    that push activations towards zero (SNI ... SLNID) produce them, and then every matrix product
-    of the step slows down.  Off by default: it changes results in the last bits.
-    """
-    if not enabled:
-        yield
-        return
-    before = _flush_denormal_is_on()
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(before)
+@torch.inference_mode()
+def _task_accuracy(model: nn.Module, stream: Stream, t: int, split: str, batch_size: int) -> float:
+    """Accuracy on task ``t``'s ``split`` alone (one host sync)."""
+    was_training = model.training
+    model.eval()
+    correct, n = _correct(model, stream, stream[t], split, stream.active_outputs(t), batch_size)
+    model.train(was_training)
+    return correct.item() / n
 
 
 def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -219,24 +172,27 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, strategy: Strategy, x: Tensor, y: Tensor,
-               head: int | Tensor, n_active: int, t: int, penalty_value: bool = True) -> Tensor:
-    """One optimiser step on the batch ``(x, y)`` of task ``t``; returns the loss with all penalties (detached).
+               head: int | Tensor, n_active: int, t: int) -> Tensor:
+    """One optimiser step on the batch ``(x, y)`` of task ``t``; returns the loss with the activation penalties (detached).
 
     The cross-entropy is over the first ``n_active`` logits of head ``head`` (the classes in play).
-    ``penalty_value=False`` leaves the value of the ``grad_penalty`` penalties out of the returned
-    loss (their gradients are applied all the same), which saves a pass over the parameters.
     """
     logits, hidden = model(x, head, return_hidden=True)
     loss = F.cross_entropy(logits[:, :n_active], y)
-    act_penalty = strategy.penalty(model, t, hidden)  # differentiable, e.g. SLNID on the activations
-    if act_penalty is not None:
-        loss = loss + act_penalty
+    penalty = strategy.penalty(model, t, hidden)  # differentiable, e.g. SLNID on the activations
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    quad_penalty = strategy.grad_penalty(model, t, penalty_value)  # adds its own gradient to .grad, e.g. EWC / MAS
+    if penalty is not None and strategy.task_gradient:  # after_backward sees the task loss's gradient alone
+        loss.backward(retain_graph=True)
+        strategy.after_backward(model, t)
+        penalty.backward()
+    else:
+        loss = loss if penalty is None else loss + penalty
+        loss.backward()
+        strategy.after_backward(model, t)
+    strategy.grad_penalty(model, t)  # adds its own gradient to .grad, e.g. EWC / MAS
     opt.step()
     strategy.after_step(model, t)
-    return loss.detach() if quad_penalty is None else loss.detach() + quad_penalty
+    return loss.detach() if penalty is None or not strategy.task_gradient else (loss + penalty).detach()
 
 
 def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: TrainConfig, t: int,
@@ -249,98 +205,70 @@ def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: Train
     best_acc, best_state = -1.0, None
     model.train()
     for epoch in range(cfg.epochs_for(t)):
-        g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + t * 1_009 + epoch)
-        order = torch.randperm(n, generator=g).to(dev)
+        order = torch.randperm(n, generator=seeds.generator(seeds.batch_order_seed(cfg.seed, t, epoch))).to(dev)
         loss_sum = torch.zeros((), device=dev)
         for i in range(0, n if opt is not None else 0, cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             loss_sum += train_step(model, opt, strategy, x[idx], y[idx],
-                                   heads[idx] if isinstance(heads, Tensor) else heads, n_active, t,
-                                   penalty_value=False)
-        quad = strategy.penalty_value(model, t)  # the grad_penalty penalties, once per epoch
-        if quad is not None:
-            loss_sum += quad.to(loss_sum.dtype)
+                                   heads[idx] if isinstance(heads, Tensor) else heads, n_active, t)
         # one host sync per epoch: the summed loss of the steps taken, and the parameters (a blow-up
-        # on the last step of the epoch shows only in them)
+        # of a closed-form penalty's gradient, or on the last step of the epoch, shows only in them)
         finite = torch.isfinite(loss_sum)
         if params:
             finite = finite & torch.stack([torch.isfinite(p).all() for p in params]).all()
         if not finite:
-            _raise_non_finite(model, stream, cfg, t, epoch, loss_sum)
+            _raise_non_finite(model, stream, cfg, t, epoch, loss_sum, x)
         if cfg.eval_every_epoch:
             curves.append({"task": t, "epoch": epoch, "acc": evaluate(model, stream, t, cfg.eval_batch_size)})
         if cfg.select_epoch is not None:  # keep the earliest epoch with the best accuracy on task t's split
             acc_t = _task_accuracy(model, stream, t, cfg.select_epoch, cfg.eval_batch_size)
-            if acc_t > best_acc:
-                best_acc, best_state = acc_t, {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if acc_t > best_acc:  # the strategy's state too (SI's path integral of that epoch)
+                best_acc, best_state = acc_t, (_snapshot(model), _snapshot(strategy))
         bar.update(1)
     if best_state is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(best_state[0])
+        strategy.load_state_dict(best_state[1])
 
 
-@torch.inference_mode()
-def _task_accuracy(model: nn.Module, stream: Stream, t: int, split: str, batch_size: int) -> float:
-    """Accuracy on task ``t``'s ``split`` alone (one host sync)."""
-    was_training = model.training
-    model.eval()
-    correct, n = _correct(model, stream, stream[t], split, stream.active_outputs(t), batch_size)
-    model.train(was_training)
-    return correct.item() / n
+def _snapshot(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _raise_non_finite(model: nn.Module, stream: Stream, cfg: TrainConfig, t: int, epoch: int, loss_sum: Tensor):
-    advice = (f"the learning rate ({cfg.lr}) or a regularisation strength (lambda) is probably too large. "
-              f"Lower it and run again.")
+def _raise_non_finite(model: nn.Module, stream: Stream, cfg: TrainConfig, t: int, epoch: int, loss_sum: Tensor,
+                      x: Tensor):
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise NonFiniteLossError(
-            f"the parameters became non-finite (NaN or inf) in task {t} ({stream[t].name}), epoch {epoch}: "
-            f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}; {advice}")
-    raise NonFiniteLossError(f"the training loss became {loss_sum.item()} in task {t} ({stream[t].name}), "
-                             f"epoch {epoch}: {advice}")
+    where = (f"the parameters became non-finite (NaN or inf) in task {t} ({stream[t].name}), epoch {epoch}: "
+             f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}" if bad else
+             f"the training loss became {loss_sum.item()} in task {t} ({stream[t].name}), epoch {epoch}")
+    raise NonFiniteLossError(f"{where}; {_likely_cause(cfg, x)}")
 
 
-def _check_strategy(strategy) -> Strategy:
-    if strategy is None:
-        return Naive()
-    if isinstance(strategy, type) and issubclass(strategy, Strategy):
-        raise TypeError(f"strategy is the class {strategy.__name__}, not a strategy: pass an instance such as "
-                        f"{strategy.__name__}(...) with its settings.")
-    if not isinstance(strategy, Strategy):
-        raise TypeError(f"strategy must be a clutils Strategy (Naive(), EWC(10.0), Compose(...), ...), got "
-                        f"{strategy!r} ({type(strategy).__name__}).")
-    return strategy
+def _likely_cause(cfg: TrainConfig, x: Tensor) -> str:
+    """The NaN guard's advice: the cause it can see, else the usual suspects."""
+    if not torch.isfinite(x).all():
+        return ("the task's training inputs hold NaN or infinite values; clean the data set (e.g. "
+                "torch.nan_to_num) before building the stream.")
+    if cfg.optimizer == "sgd" and cfg.momentum >= 1:
+        return f"momentum={cfg.momentum} is >= 1, which makes SGD diverge; use a momentum below 1 (e.g. 0.9)."
+    if cfg.lr * cfg.weight_decay >= 1:
+        return (f"weight_decay={cfg.weight_decay} with lr={cfg.lr} (their product >= 1) makes every step overshoot; "
+                f"lower the weight decay.")
+    return (f"the learning rate ({cfg.lr}) or a regularisation strength (lambda) is probably too large. "
+            f"Lower it and run again.")
 
 
-def _used(strategy: Strategy) -> list[Strategy]:
-    """The strategies (``strategy`` or its parts) that already trained a run, and so hold its state."""
-    return [s for s in strategy.modules() if isinstance(s, Strategy) and s.__dict__.get("_trained_a_run")]
+@dataclass
+class TaskRecord:
+    """What :func:`train_tasks` yields after task ``task``: its row of the test (and validation) matrix,
+    the curves of its epochs and how long its training, importance and evaluation took."""
 
-
-def _refuse_used(strategy: Strategy) -> None:
-    used = _used(strategy)
-    if used:
-        u = used[0]
-        raise ValueError(
-            f"this {type(u).__name__} object already trained a run: it holds that run's state (importances, "
-            f"anchors, ...), so a second run would not start fresh. Build a new one for every run, e.g. "
-            f"{type(u).__name__}(...) with the same settings (or copy.deepcopy it before its first run).")
-
-
-def _check_folders(config: dict, checkpoint_dir, cache_dir) -> None:
-    """Before training: a resumable run needs a strategy it can describe and folders it can write."""
-    if checkpoint_dir is None and cache_dir is None:
-        return
-    opaque = undescribed(config["strategy"])
-    if opaque:
-        raise ValueError(
-            f"the strategy's configuration cannot be described ({', '.join(opaque[:3])}): a checkpoint or cache "
-            f"entry could then be resumed by a run with other settings. Pass arguments clutils can describe "
-            f"(numbers, strings, tensors, functions of those) or give the strategy a config() that names every "
-            f"setting; or run without checkpoint_dir / cache_dir.")
-    for folder, what in ((checkpoint_dir, "checkpoint_dir"), (cache_dir, "cache_dir")):
-        if folder is not None:
-            check_writable_folder(folder, what)
+    task: int
+    acc: list[float]
+    val_acc: list[float] | None
+    curves: list[dict] = field(default_factory=list)
+    train_s: float = 0.0
+    importance_s: float = 0.0
+    eval_s: float = 0.0
 
 
 def _timed(fn, dev: torch.device) -> float:
@@ -351,91 +279,43 @@ def _timed(fn, dev: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def run_config(model: nn.Module, stream: Stream, strategy: Strategy, cfg: TrainConfig) -> dict:
-    """What defines a run (its record, and the fingerprint of checkpoints and the result cache)."""
-    from . import __version__
+def train_tasks(model: nn.Module, stream: Stream, strategy: Strategy, cfg: TrainConfig, *, start: int = 0,
+                progress: bool = True) -> Iterator[TaskRecord]:
+    """Train tasks ``start, ..., T-1`` of ``stream`` in turn, yielding a :class:`TaskRecord` after each.
 
-    return {"stream": stream.description, "model": repr(model), "strategy": strategy.config(),
-            "train": cfg.to_dict(), "initial_weights": weights_digest(model), "clutils": __version__}
-
-
-def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = None, cfg: TrainConfig | None = None,
-                 *, device: str | torch.device = "auto", checkpoint_dir: str | Path | None = None,
-                 cache_dir: str | Path | None = None, progress: bool = True,
-                 stop_after_task: int | None = None) -> RunResult:
-    """Train ``model`` on ``stream`` task by task and return the accuracy matrix and timings.
-
-    ``checkpoint_dir``: save after every task and resume from there if the same configuration was
-    interrupted.  ``cache_dir``: a finished run with the same fingerprint (stream, model, strategy
-    settings, training settings, initial weights, clutils version) is loaded from
-    ``cache_dir/<fingerprint>.json`` instead of trained (``from_cache`` is then true, and ``model``
-    keeps its initial weights); an unfinished one resumes.  ``stop_after_task`` ends the run early
-    (as a kill would), leaving the checkpoint behind.
-    """
-    strategy = _check_strategy(strategy)
-    cfg = TrainConfig() if cfg is None else cfg
-    if not isinstance(cfg, TrainConfig):
-        raise TypeError(f"cfg must be a TrainConfig (e.g. TrainConfig(epochs=2, lr=0.01)), got {type(cfg).__name__}.")
-    cfg.validate(len(stream))
-    if cfg.select_epoch == "val" and not stream.has_val:
-        raise ValueError("select_epoch='val' keeps the epoch with the best validation accuracy, but the stream has "
-                         "no validation split: build it with make_stream(..., val_fraction=0.1).")
-    if cfg.select_epoch == "test":
-        warnings.warn("select_epoch='test' picks each task's epoch on its test split, so the test accuracies it "
-                      "reports are optimistic; use it only to measure a protocol that does so, and "
-                      "select_epoch='val' to choose an epoch.", stacklevel=2)
-    _check_model_fits(model, stream)
-    dev = resolve_device(device)
-    model.to(dev)
-    if stream[0].device != dev:
-        stream = stream.to(dev)
-    config = run_config(model, stream, strategy, cfg)
-    key = fingerprint(config)
-    _check_folders(config, checkpoint_dir, cache_dir)
-    if cache_dir is not None:
-        cached = load_cached(Path(cache_dir) / f"{key}.json")
-        if cached is not None:
-            return cached
-        checkpoint_dir = checkpoint_dir or Path(cache_dir) / key
-    ckpt = Checkpointer(checkpoint_dir, config) if checkpoint_dir is not None else None
-    acc, val_acc, curves, timings = [], [], [], {"train_s": [], "importance_s": [], "eval_s": []}
-    start = 0
-    state = ckpt.load() if ckpt is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        strategy.load_state_dict(state["strategy"])
-        for p, flag in zip(model.parameters(), state["requires_grad"]):
-            p.requires_grad_(flag)
-        acc, val_acc, curves, timings = state["acc"], state["val_acc"], state["curves"], state["timings"]
-        start = state["task"] + 1
-    else:
-        _refuse_used(strategy)  # resuming replaces the state; a fresh start needs a fresh strategy
-    for s in strategy.modules():
-        if isinstance(s, Strategy):
-            s._trained_a_run = True
-    strategy.to(dev)
-
-    T = len(stream)
-    bar = _progress(sum(cfg.epochs_for(t) for t in range(start, T)), f"{strategy.name} on {stream.name}", progress)
-    with _flush_denormal(cfg.flush_denormal and dev.type == "cpu"):
-        for t in range(start, T):
-            timings["train_s"].append(_timed(lambda: _train_task(model, stream, strategy, cfg, t, dev, curves, bar), dev))
-            timings["importance_s"].append(_timed(lambda: strategy.after_task(model, stream, t), dev))
-            timings["eval_s"].append(_timed(lambda: acc.append(evaluate(model, stream, t, cfg.eval_batch_size)), dev))
+    The model, the stream and the strategy must already be on one device (:func:`~clutils.runs.train_stream`
+    checks the inputs, moves them and handles the cache and checkpoints; call this directly only
+    when you want the bare loop)."""
+    dev = next(model.parameters()).device
+    bar = _progress(sum(cfg.epochs_for(t) for t in range(start, len(stream))), f"{strategy.name} on {stream.name}",
+                    progress)
+    try:
+        for t in range(start, len(stream)):
+            rec = TaskRecord(t, [], None)
+            rec.train_s = _timed(lambda: _train_task(model, stream, strategy, cfg, t, dev, rec.curves, bar), dev)
+            rec.importance_s = _timed(lambda: strategy.after_task(model, stream, t), dev)
+            rec.eval_s = _timed(lambda: rec.acc.extend(evaluate(model, stream, t, cfg.eval_batch_size)), dev)
             if stream.has_val:  # the validation matrix, beside the test one
-                val_acc.append(evaluate(model, stream, t, cfg.eval_batch_size, split="val"))
-            if ckpt is not None:
-                ckpt.save({"task": t, "model": model.state_dict(), "strategy": strategy.state_dict(),
-                           "requires_grad": [p.requires_grad for p in model.parameters()],
-                           "acc": acc, "val_acc": val_acc, "curves": curves, "timings": timings})
-            if stop_after_task is not None and stop_after_task <= t < T - 1:
-                break
-    bar.close()
-    timings["total_s"] = float(sum(timings["train_s"]) + sum(timings["importance_s"]) + sum(timings["eval_s"]))
-    timings["device"] = str(dev)
-    result = RunResult(config=config, acc=acc, val_acc=val_acc, timings=timings, curves=curves)
-    if cache_dir is not None and len(acc) == T:
-        result.save(Path(cache_dir) / f"{key}.json")
-        if Path(checkpoint_dir) == Path(cache_dir) / key:  # the cache's own checkpoint: no longer needed
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return result
+                rec.val_acc = evaluate(model, stream, t, cfg.eval_batch_size, split="val")
+            yield rec
+    finally:
+        bar.close()
+
+
+@contextlib.contextmanager
+def flush_denormal(enabled: bool):
+    """Inside: subnormal floats count as zero on the CPU (``torch.set_flush_denormal``); the previous mode after.
+
+    Arithmetic on subnormals (|x| < 1.2e-38 in float32) is many times slower on x86 CPUs; penalties
+    that push activations towards zero (SNI ... SLNID) produce them, and then every matrix product
+    of the step slows down.  Off by default: it changes results in the last bits.
+    """
+    if not enabled:
+        yield
+        return
+    before = bool(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).eq(0).item())  # a subnormal read as 0
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)

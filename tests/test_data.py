@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import clutils as cl
-from clutils import data
+from clutils import datasets, streams
 
 
 
@@ -19,20 +19,20 @@ def test_digits_is_real_and_split(digits):
 
 
 def test_permutations_are_seeded_permutations():
-    p1 = data.permutations(5, 784, seed=3)
-    p2 = data.permutations(5, 784, seed=3)
-    p3 = data.permutations(5, 784, seed=4)
+    p1 = streams.permutations(5, 784, seed=3)
+    p2 = streams.permutations(5, 784, seed=3)
+    p3 = streams.permutations(5, 784, seed=4)
     for a, b in zip(p1, p2):
         assert torch.equal(a, b)
         assert torch.equal(torch.sort(a).values, torch.arange(784))
     assert not torch.equal(p1[1], p3[1])
     assert len({tuple(p.tolist()) for p in p1}) == 5
-    assert torch.equal(data.permutations(3, 64, first_unpermuted=True)[0], torch.arange(64))
+    assert torch.equal(streams.permutations(3, 64, first_unpermuted=True)[0], torch.arange(64))
 
 
 def test_permuted_stream_moves_pixels_and_keeps_labels(digits):
     s = cl.permuted(digits, n_tasks=3, seed=1)
-    perm = data.permutations(3, 64, seed=1)[2]
+    perm = streams.permutations(3, 64, seed=1)[2]
     assert torch.equal(s[2].x_train, digits.x_train[:, perm])
     assert torch.equal(s[2].y_test, digits.y_test)
     assert (s.n_heads, s.n_outputs, s.scenario) == (1, 10, "domain")
@@ -89,7 +89,7 @@ def test_make_stream_checks_names_before_loading(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("data must not be loaded for a bad name")
 
-    monkeypatch.setattr(data, "load_dataset", boom)
+    monkeypatch.setattr(streams, "load_dataset", boom)
     with pytest.raises(ValueError, match="unknown stream 'rotated'"):
         cl.make_stream("rotated", "mnist")
     with pytest.raises(ValueError, match="unknown scenario"):
@@ -107,11 +107,11 @@ def test_unknown_dataset():
 
 def test_data_root_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("CLUTILS_DATA", str(tmp_path / "env"))
-    assert data.data_root() == tmp_path / "env"
-    assert data.data_root(tmp_path / "arg") == tmp_path / "arg"
+    assert datasets.data_root() == tmp_path / "env"
+    assert datasets.data_root(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv("CLUTILS_DATA")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert data.data_root() == tmp_path / "cache" / "clutils"
+    assert datasets.data_root() == tmp_path / "cache" / "clutils"
 
 
 def test_missing_mnist_offline_says_what_to_do(monkeypatch, tmp_path):

@@ -1,11 +1,6 @@
-"""Datasets held in memory as tensors, and the task streams built from them.
-
-Datasets: ``mnist`` and ``fashion_mnist`` (through torchvision) and ``digits``
-(scikit-learn's embedded 8x8 handwritten digits; offline, for quick runs).
-
-Streams: ``permuted`` (each task a fixed pixel permutation), ``split`` (consecutive
-classes per task) and ``disjoint`` (any groups of classes), each in one of the
-three scenarios of van de Ven & Tolias (2019):
+"""Task streams built from a :class:`~clutils.datasets.Dataset`: ``permuted`` (each task a fixed
+pixel permutation), ``split`` (consecutive classes per task) and ``disjoint`` (any groups of
+classes), each in one of the three scenarios of van de Ven & Tolias (2019):
 
 * ``task``   -- task-incremental: task id known at test time, one head per task,
   labels renumbered inside each task;
@@ -13,202 +8,30 @@ three scenarios of van de Ven & Tolias (2019):
   each task, task id not given;
 * ``class``  -- class-incremental: one shared head over every class seen so far,
   no task id; the model must tell all classes apart.
+
+A stream knows what it holds: :meth:`Stream.digest` is a digest of every task's tensors, which is
+what a run's fingerprint sees (never only its name).
 """
 from __future__ import annotations
 
-import functools
+import hashlib
 import inspect
-import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_int_sequence, check_str
+from ._checks import check_int, check_int_sequence, check_name, resolve_device
+from ._digest import tensor_digest
+from .datasets import DATASETS, Dataset, load_dataset
 
-__all__ = [
-    "DATASETS", "SCENARIOS", "STREAMS", "Dataset", "Task", "Stream", "data_root",
-    "load_dataset", "permuted", "split", "disjoint", "make_stream", "hold_out",
-]
+__all__ = ["SCENARIOS", "STREAMS", "Task", "Stream", "permuted", "split", "disjoint", "make_stream", "hold_out",
+           "permutations"]
 
-DATASETS = ("mnist", "fashion_mnist", "digits")
 SCENARIOS = ("task", "domain", "class")
 STREAMS = ("permuted", "split", "disjoint")
-ENV_VAR = "CLUTILS_DATA"
-
-
-@dataclass
-class Dataset:
-    """A labelled image dataset as flat float tensors in [0, 1]."""
-
-    name: str
-    x_train: Tensor  # (N, D) float32
-    y_train: Tensor  # (N,) int64
-    x_test: Tensor
-    y_test: Tensor
-    image_shape: tuple[int, int]
-
-    def __post_init__(self) -> None:
-        for split_, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
-            if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-                raise TypeError(f"Dataset {self.name!r}: x_{split_} and y_{split_} must be torch tensors, got "
-                                f"{type(x).__name__} and {type(y).__name__}.")
-            if x.ndim != 2 or not x.is_floating_point():
-                raise ValueError(f"Dataset {self.name!r}: x_{split_} must be a float tensor of shape (N, features), "
-                                 f"got {x.dtype} of shape {tuple(x.shape)}; flatten the images and scale them to [0, 1].")
-            if y.ndim != 1 or y.dtype != torch.int64:
-                raise ValueError(f"Dataset {self.name!r}: y_{split_} must be an int64 tensor of shape (N,), got "
-                                 f"{y.dtype} of shape {tuple(y.shape)}; convert it with y.long().")
-            if len(x) != len(y):
-                raise ValueError(f"Dataset {self.name!r}: x_{split_} has {len(x)} rows but y_{split_} {len(y)} labels.")
-        if self.x_train.shape[1] != self.x_test.shape[1]:
-            raise ValueError(f"Dataset {self.name!r}: train images have {self.x_train.shape[1]} features, "
-                             f"test images {self.x_test.shape[1]}.")
-
-    @property
-    def n_features(self) -> int:
-        return self.x_train.shape[1]
-
-    @property
-    def classes(self) -> list[int]:
-        return sorted(int(c) for c in torch.unique(self.y_train))
-
-    def to(self, device: str | torch.device) -> "Dataset":
-        return Dataset(self.name, self.x_train.to(device), self.y_train.to(device),
-                       self.x_test.to(device), self.y_test.to(device), self.image_shape)
-
-    def clone(self) -> "Dataset":
-        """A copy whose tensors share no memory with this one."""
-        return Dataset(self.name, self.x_train.clone(), self.y_train.clone(), self.x_test.clone(),
-                       self.y_test.clone(), self.image_shape)
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """Where datasets live: ``root`` if given, else ``$CLUTILS_DATA``, else ``~/.cache/clutils``."""
-    if root is not None:
-        return Path(root).expanduser()
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clutils"
-
-
-def _check_name(name: str, allowed: Sequence[str], what: str) -> str:
-    key = check_str(name, what, allowed).lower().replace("-", "_")
-    if key not in allowed:
-        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(allowed)}.")
-    return key
-
-
-@functools.lru_cache(maxsize=4)
-def _load_cpu(name: str, root: str) -> Dataset:
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        x = torch.tensor(d.data, dtype=torch.float32) / 16.0
-        y = torch.tensor(d.target, dtype=torch.int64)
-        # fixed stratified-by-chance split: 1/4 of the images for testing
-        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-        n_test = len(y) // 4
-        te, tr = perm[:n_test], perm[n_test:]
-        return Dataset("digits", x[tr], y[tr], x[te], y[te], (8, 8))
-
-    import torchvision
-
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
-    raw = Path(root) / cls.__name__ / "raw"
-    _check_idx_files(raw, [Path(url).name.removesuffix(".gz") for url, _ in cls.resources])
-    created = [d for d in (Path(root), raw.parent, raw) if not d.exists()]
-    parts = []
-    for train in (True, False):
-        try:
-            ds = cls(root=root, train=train, download=False)
-        except RuntimeError:
-            try:
-                ds = cls(root=root, train=train, download=True)
-            except Exception as err:  # no network, blocked host, ...
-                _remove_empty(created)
-                raise FileNotFoundError(
-                    f"{name} is not under {raw} and could not be downloaded "
-                    f"({type(err).__name__}: {err}). Point clutils at a folder that holds it "
-                    f"(load_dataset({name!r}, root=...) or the {ENV_VAR} environment variable), "
-                    f"connect to the network, or use the offline dataset 'digits'."
-                ) from None
-            _check_idx_files(raw, [Path(url).name.removesuffix(".gz") for url, _ in cls.resources])
-        x = ds.data.reshape(len(ds.data), -1).to(torch.float32) / 255.0
-        parts += [x, ds.targets.to(torch.int64)]
-    return Dataset(name, *parts, image_shape=(28, 28))
-
-
-def _check_idx_files(folder: Path, names: Sequence[str]) -> None:
-    """Refuse a corrupted or truncated IDX file (MNIST's format) before torchvision reads it.
-
-    An IDX file is a 4-byte magic number ``0 0 type ndim``, then ``ndim`` big-endian uint32 sizes,
-    then ``prod(sizes)`` items; MNIST's are unsigned bytes (type ``0x08``), so the file must hold
-    exactly ``4 + 4 * ndim + prod(sizes)`` bytes.
-    """
-    for fname in names:
-        path = folder / fname
-        if not path.is_file():
-            continue  # missing files are torchvision's to download
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(4)
-            problem = None
-            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08 or head[3] not in (1, 3):
-                problem = f"its header {head.hex() or '(empty)'} is not an IDX header of unsigned bytes (00000801 or 00000803)"
-            else:
-                dims = f.read(4 * head[3])
-                if len(dims) < 4 * head[3]:
-                    problem = f"it ends inside its header ({size} bytes)"
-                else:
-                    shape = [int.from_bytes(dims[i:i + 4], "big") for i in range(0, len(dims), 4)]
-                    expected = 4 + 4 * head[3] + math.prod(shape)
-                    if size != expected:
-                        problem = (f"its header announces {'x'.join(map(str, shape))} bytes of data, so "
-                                   f"{expected} bytes in all, but it holds {size} (truncated or corrupted)")
-        if problem:
-            raise ValueError(f"{path} is corrupted: {problem}. Delete it (and its .gz if there is one) and load "
-                             f"the dataset again to re-download it, or copy an intact file there.")
-
-
-def _remove_empty(folders: Sequence[Path]) -> None:
-    """Remove the folders a failed download created, deepest first, if they are still empty."""
-    for d in reversed(folders):
-        try:
-            d.rmdir()
-        except OSError:
-            pass  # not empty (a partial download the user may want to see) or already gone
-
-
-def load_dataset(name: str, root: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Dataset:
-    """Load ``mnist``, ``fashion_mnist`` or ``digits`` into float tensors on ``device``.
-
-    The data root is ``root``, else ``$CLUTILS_DATA``, else ``~/.cache/clutils``;
-    torchvision downloads MNIST there when it is missing and the network allows.
-    Files are read once per process; every call returns its own copy of the tensors, so
-    changing them in place (``d.x_train -= mean``) never reaches another caller.
-    ``device="auto"`` means CUDA when available, else the CPU.
-    """
-    key = _check_name(name, DATASETS, "dataset")
-    if root is not None and not isinstance(root, (str, os.PathLike)):
-        raise TypeError(f"root must be a folder path (str or Path), got {root!r} ({type(root).__name__}).")
-    dev = _resolve_device(device)
-    cached = _load_cpu(key, str(data_root(root)))
-    # a copy on the CPU is a memcpy (MNIST: 0.2 GB in ~0.1 s); moving to another device copies anyway
-    return cached.clone() if dev.type == "cpu" else cached.to(dev)
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    from .training import resolve_device  # training imports this module; resolve lazily
-
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'auto', or a torch.device; "
-                        f"got {device!r} ({type(device).__name__}).")
-    return resolve_device(device)
 
 
 class _Memo:
@@ -302,6 +125,15 @@ class Task:
     def device(self) -> torch.device:
         return self._x["train"].device
 
+    def digest(self) -> str:
+        """A digest of what this task holds: its images and labels of every split, its permutation and
+        label offset, its classes.  Two tasks that differ in one pixel or one label differ here."""
+        parts = [self.name, repr(self.classes), str(self.label_offset),
+                 "none" if self.perm is None else tensor_digest(self.perm)]
+        for split_ in sorted(self._x):
+            parts += [split_, tensor_digest(self._x[split_]), tensor_digest(self._y[split_])]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
     def stored(self) -> list[Tensor]:
         """The tensors this task holds (shared images and labels included; nothing computed)."""
         out = [*self._x.values(), *self._y.values()]
@@ -365,6 +197,13 @@ class Stream:
         tasks = [t.to(device, moved, memo) for t in self.tasks]
         return Stream(self.name, self.scenario, tasks, self.n_features, self.n_outputs, self.n_heads, dict(self.description))
 
+    def digest(self) -> str:
+        """A digest of the stream's content: scenario, heads, outputs and every task's :meth:`Task.digest`
+        (each tensor is hashed once, then remembered until it changes in place)."""
+        parts = [self.scenario, str(self.n_heads), str(self.n_outputs), str(self.n_features),
+                 *(t.digest() for t in self.tasks)]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
     @property
     def has_val(self) -> bool:
         """Every task holds a validation split (``make_stream(..., val_fraction=...)``)."""
@@ -387,7 +226,7 @@ def _relabel(y: Tensor, classes: Sequence[int], offset: int) -> Tensor:
 
 
 def _class_stream(ds: Dataset, groups: Sequence[Sequence[int]], scenario: str, name: str) -> Stream:
-    scenario = _check_name(scenario, SCENARIOS, "scenario")
+    scenario = check_name(scenario, SCENARIOS, "scenario")
     groups = _check_groups(groups)
     if len(groups) == 0:
         raise ValueError("a stream needs at least one task; got zero class groups.")
@@ -473,8 +312,7 @@ MAX_PERMUTATION_BYTES = 1 << 30
 
 def _check_n_tasks(n_tasks: int, n_features: int | None = None) -> int:
     """Refuse a task count that is not an int in [1, MAX_PERMUTED_TASKS], before anything is allocated."""
-    if isinstance(n_tasks, bool) or not isinstance(n_tasks, int):
-        raise TypeError(f"n_tasks must be an int, e.g. n_tasks=10; got {n_tasks!r}.")
+    n_tasks = check_int(n_tasks, "n_tasks (e.g. n_tasks=10)")
     if n_tasks < 1:
         raise ValueError(f"a stream needs at least one task; got n_tasks={n_tasks}.")
     if n_tasks > MAX_PERMUTED_TASKS:
@@ -490,8 +328,8 @@ def _check_n_tasks(n_tasks: int, n_features: int | None = None) -> int:
 
 def permutations(n_tasks: int, n_features: int, seed: int = 0, first_unpermuted: bool = False) -> list[Tensor]:
     """``n_tasks`` seeded pixel permutations (the first the identity if asked); ``n_tasks`` is bounded as in :func:`permuted`."""
-    _check_n_tasks(n_tasks, n_features)
-    g = torch.Generator().manual_seed(seed)
+    n_tasks = _check_n_tasks(n_tasks, n_features)
+    g = torch.Generator().manual_seed(check_int(seed, "seed"))
     perms = [torch.randperm(n_features, generator=g) for _ in range(n_tasks)]
     if first_unpermuted and n_tasks:
         perms[0] = torch.arange(n_features)
@@ -508,8 +346,8 @@ def permuted(ds: Dataset, n_tasks: int = 10, seed: int = 0, first_unpermuted: bo
     of one permuted copy per task, bit for bit.  ``n_tasks`` may be at most
     :data:`MAX_PERMUTED_TASKS`; a larger value is refused before anything is allocated.
     """
-    scenario = _check_name(scenario, SCENARIOS, "scenario")
-    _check_n_tasks(n_tasks, ds.n_features)
+    scenario = check_name(scenario, SCENARIOS, "scenario")
+    n_tasks, seed = _check_n_tasks(n_tasks, ds.n_features), check_int(seed, "seed")
     n_cls = len(ds.classes)
     memo = _Memo()
     tasks = []
@@ -576,7 +414,7 @@ def make_stream(kind: str, dataset: str | Dataset = "mnist", *, scenario: str | 
     if val_fraction:
         stream = make_stream(kind, dataset, scenario=scenario, root=root, device=device, **kwargs)
         return hold_out(stream, val_fraction, val_seed)
-    kind = _check_name(kind, STREAMS, "stream")
+    kind = check_name(kind, STREAMS, "stream")
     build = {"permuted": permuted, "split": split, "disjoint": disjoint}[kind]
     accepted = [k for k in inspect.signature(build).parameters if k != "ds"]
     unknown = sorted(set(kwargs) - set(accepted))
@@ -584,7 +422,7 @@ def make_stream(kind: str, dataset: str | Dataset = "mnist", *, scenario: str | 
         raise TypeError(f"make_stream({kind!r}) got unknown argument(s) {unknown}; a {kind} stream takes "
                         f"{', '.join(accepted)}.")
     if scenario is not None:
-        kwargs["scenario"] = _check_name(scenario, SCENARIOS, "scenario")
+        kwargs["scenario"] = check_name(scenario, SCENARIOS, "scenario")
     if kind == "permuted":
         _check_n_tasks(kwargs.get("n_tasks", 10))  # before any data is loaded
         if "seed" in kwargs:
@@ -598,7 +436,7 @@ def make_stream(kind: str, dataset: str | Dataset = "mnist", *, scenario: str | 
         if kwargs.get("order") is not None:
             check_int_sequence(kwargs["order"], "order", example="[3, 1, 0, 2]")
     if isinstance(dataset, Dataset):
-        ds = dataset if device is None else dataset.to(_resolve_device(device))
+        ds = dataset if device is None else dataset.to(resolve_device(device))
     elif isinstance(dataset, str):
         ds = load_dataset(dataset, root=root, device="cpu" if device is None else device)
     else:

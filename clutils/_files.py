@@ -1,0 +1,68 @@
+"""Writing files safely: through a uniquely named temporary file in the target folder, then a rename.
+
+Many writers may share a folder (a sweep's threads, two processes on one ``cache_dir``): each gets
+its own temporary file (``tempfile.mkstemp`` creates it exclusively, never through an existing
+link), so no writer can clobber another's half-written file, and a reader sees the old file or
+the new one, never a torn one.  A full disk or a read-only folder is reported as what it is, and
+leaves no temporary file behind.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["atomic_write", "atomic_write_text", "DiskFullError"]
+
+
+class DiskFullError(OSError):
+    """No space left on the device that holds a run's output."""
+
+
+def _explain(err: OSError, path: Path) -> OSError:
+    if err.errno == errno.ENOSPC or "unexpected pos" in str(err) or "No space left" in str(err):
+        return DiskFullError(errno.ENOSPC, f"no space left on device: {path.parent} (writing {path.name}). Free "
+                             f"some space or point the run at another folder; the files written before are kept.")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionError(err.errno, f"cannot write {path} ({err.strerror}): the folder is read-only or not "
+                               f"yours. Fix its permissions or choose another folder.")
+    return err
+
+
+def _remove(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """``write(tmp_path)`` into a fresh temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        raise _explain(err, path) from None
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        _remove(tmp)
+        if isinstance(err, OSError):
+            raise _explain(err, path) from None
+        if isinstance(err, RuntimeError) and ("unexpected pos" in str(err) or "No space" in str(err)):
+            raise _explain(OSError(errno.ENOSPC, str(err)), path) from None  # torch.save on a full disk
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return atomic_write(path, write)

@@ -1,0 +1,224 @@
+"""The runs layer: a cache entry is served only to the run that made it.
+
+Every case below once returned another run's result from the cache, silently (issue 19's probe):
+two runs that read different bytes must never share an entry, and the same run must reload.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import clutils as cl
+from clutils.checkpoint import ConfigMismatchError
+from clutils.results import CacheError
+from clutils.runs import FINGERPRINT_VERSION, fingerprint, run_config
+
+CFG = cl.TrainConfig(epochs=1, batch_size=32, lr=0.05)
+
+
+def _dataset(name="mine", seed=0, n=120, d=16, classes=4) -> cl.Dataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d, generator=g)
+    y = torch.arange(n) % classes
+    xt = torch.rand(n // 2, d, generator=g)
+    yt = torch.arange(n // 2) % classes
+    return cl.Dataset(name, x, y, xt, yt, (4, 4))
+
+
+def _run(stream, cache, strategy=None, model=None, seed=0, **kw):
+    cl.seed_everything(seed)
+    model = model if model is not None else cl.MLP(stream.n_features, (8,), stream.n_outputs, stream.n_heads)
+    return cl.train_stream(model, stream, strategy or cl.Naive(), CFG, device="cpu", cache_dir=cache,
+                           progress=False, **kw), model
+
+
+def _split(ds):
+    return cl.make_stream("split", ds, scenario="task", classes_per_task=2)
+
+
+def test_same_name_other_tensors_is_another_run(tmp_path):
+    """The defect itself: two Dataset("mine", ...) with different tensors, one cache folder."""
+    a, _ = _run(_split(_dataset(seed=0)), tmp_path)
+    b, _ = _run(_split(_dataset(seed=1)), tmp_path)
+    assert not a.from_cache and not b.from_cache
+    assert a.config["stream"]["content"] != b.config["stream"]["content"]
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    again, _ = _run(_split(_dataset(seed=1)), tmp_path)  # the same bytes reload
+    assert again.from_cache and again.acc == b.acc
+
+
+@pytest.mark.parametrize("change", ["pixel", "label"])
+def test_one_pixel_or_one_label_changes_the_fingerprint(tmp_path, change):
+    ds = _dataset()
+    _run(_split(ds), tmp_path)
+    ds2 = ds.clone()
+    if change == "pixel":
+        ds2.x_test[3, 5] += 0.25  # the test split is read too
+    else:
+        ds2.y_train[0] = (ds2.y_train[0] + 2) % 4  # 0 -> 2: same task count, another label
+    r, _ = _run(_split(ds2), tmp_path)
+    assert not r.from_cache
+
+
+def test_changed_in_place_is_hashed_again(tmp_path):
+    """A data set changed in place after a run (digits, passed as a Dataset) is another run."""
+    ds = cl.load_dataset("digits")
+    stream = cl.make_stream("permuted", ds, n_tasks=2, seed=0)  # shares the data set's tensors
+    _run(stream, tmp_path)
+    ds.x_train.mul_(0.5)  # the permuted tasks read these very tensors
+    r, _ = _run(stream, tmp_path)
+    assert not r.from_cache
+
+
+def test_subset_and_permutation_seed(tmp_path):
+    ds = _dataset(classes=4)
+    full = cl.make_stream("split", ds, scenario="task", classes_per_task=2)
+    sub = cl.make_stream("split", ds, scenario="task", classes_per_task=2, order=[0, 1])
+    assert run_config(cl.MLP(16, (8,), 2, 2), full, cl.Naive(), CFG)["stream"]["content"] != \
+        run_config(cl.MLP(16, (8,), 2, 1), sub, cl.Naive(), CFG)["stream"]["content"]
+    p0 = cl.make_stream("permuted", ds, n_tasks=2, seed=0)
+    p1 = cl.make_stream("permuted", ds, n_tasks=2, seed=1)
+    assert p0.digest() != p1.digest()
+    assert p0.digest() == cl.make_stream("permuted", ds, n_tasks=2, seed=0).digest()
+
+
+def test_hand_built_stream_is_seen_by_content(tmp_path):
+    ds1, ds2 = _dataset(seed=0), _dataset(seed=3)
+
+    def hand(ds):
+        tasks = [cl.Task(0, "t0", ds.x_train, ds.y_train, ds.x_test, ds.y_test, (0, 1, 2, 3))]
+        return cl.Stream("mine", "domain", tasks, 16, 4, 1)  # description {}
+
+    a, _ = _run(hand(ds1), tmp_path)
+    b, _ = _run(hand(ds2), tmp_path)
+    assert not b.from_cache
+    assert fingerprint(a.config) != fingerprint(b.config)
+
+
+class MyNet(cl.MLP):
+    def forward(self, x, task=0, return_hidden=False):
+        return super().forward(x, task, return_hidden)
+
+
+def test_model_code_and_frozen_layers_are_part_of_the_run(tmp_path):
+    stream = _split(_dataset())
+    _, _ = _run(stream, tmp_path, model=MyNet(16, (8,), 2, 2))
+
+    def changed_forward(x, task=0, return_hidden=False):
+        return cl.MLP.forward(m, x * 2, task, return_hidden)
+
+    cl.seed_everything(0)
+    m = MyNet(16, (8,), 2, 2)
+    m.forward = changed_forward  # the same repr and weights, another forward
+    r = cl.train_stream(m, stream, cl.Naive(), CFG, device="cpu", cache_dir=tmp_path, progress=False)
+    assert not r.from_cache
+
+    cl.seed_everything(0)
+    frozen = MyNet(16, (8,), 2, 2)
+    frozen.layers[0].requires_grad_(False)
+    r = cl.train_stream(frozen, stream, cl.Naive(), CFG, device="cpu", cache_dir=tmp_path, progress=False)
+    assert not r.from_cache and r.config["model"]["frozen"] == ["layers.0.weight", "layers.0.bias"]
+
+
+def _class_with_penalty(scale):
+    code = f"""
+class Pull(cl.Strategy):
+    def penalty(self, model, t, hidden):
+        return {scale} * sum(h.square().mean() for h in hidden)
+"""
+    ns = {"cl": cl}
+    exec(compile(code, "<user strategy>", "exec"), ns)
+    return ns["Pull"]
+
+
+def test_strategy_subclass_code_is_part_of_the_run(tmp_path):
+    stream = _split(_dataset())
+    a, _ = _run(stream, tmp_path, strategy=_class_with_penalty(0.1)())
+    b, _ = _run(stream, tmp_path, strategy=_class_with_penalty(0.5)())  # same class name, new penalty code
+    assert not b.from_cache and a.config["strategy"]["code"] != b.config["strategy"]["code"]
+
+
+def test_a_result_file_copied_under_another_runs_name_is_refused(tmp_path):
+    stream = _split(_dataset())
+    a, _ = _run(stream, tmp_path, strategy=cl.L2(1.0))
+    b, _ = _run(stream, tmp_path, strategy=cl.L2(2.0))
+    ka, kb = fingerprint(a.config), fingerprint(b.config)
+    shutil.copy(tmp_path / f"{ka}.json", tmp_path / f"{kb}.json")  # a's result under b's name
+    with pytest.raises(CacheError, match=r"another run's result.*strategy.lam"):
+        _run(stream, tmp_path, strategy=cl.L2(2.0))
+    # an edited configuration inside the right name is refused the same way
+    rec = json.loads((tmp_path / f"{ka}.json").read_text())
+    rec["config"]["train"]["lr"] = 0.5
+    (tmp_path / f"{ka}.json").write_text(json.dumps(rec))
+    with pytest.raises(CacheError, match="(?i)delete it"):
+        _run(stream, tmp_path, strategy=cl.L2(1.0))
+
+
+def test_a_checkpoint_with_a_forged_fingerprint_is_not_resumed(tmp_path):
+    stream = _split(_dataset())
+    cl.seed_everything(0)
+    cl.train_stream(cl.MLP(16, (8,), 2, 2), stream, cl.L2(1.0), CFG, device="cpu", checkpoint_dir=tmp_path,
+                    progress=False, stop_after_task=0)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state["fingerprint"] = "forged"
+    state["config"]["strategy"]["lam"] = 2.0  # it now claims to be the L2(2.0) run's
+    torch.save(state, tmp_path / "checkpoint.pt")
+    cl.seed_everything(0)
+    with pytest.raises(ConfigMismatchError, match="different configuration"):
+        cl.train_stream(cl.MLP(16, (8,), 2, 2), stream, cl.L2(3.0), CFG, device="cpu", checkpoint_dir=tmp_path,
+                        progress=False)
+
+
+def test_a_cache_hit_gives_back_the_trained_model_and_strategy(tmp_path):
+    stream = _split(_dataset())
+    a, ma = _run(stream, tmp_path, strategy=cl.EWC(5.0))
+    s = cl.EWC(5.0)
+    b, mb = _run(stream, tmp_path, strategy=s)
+    assert b.from_cache and b.model_restored
+    for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert int(s.n_tasks) == 2  # the strategy's state came back too
+    assert cl.evaluate(mb, stream.to("cpu"), 1) == a.acc[-1]
+
+
+def test_keep_model_false_writes_no_weights(tmp_path):
+    stream = _split(_dataset())
+    _run(stream, tmp_path, keep_model=False)
+    assert not list(tmp_path.glob("*.pt"))
+    r, m = _run(stream, tmp_path)
+    assert r.from_cache and not r.model_restored
+
+
+def test_defaults_are_omitted_so_later_settings_keep_fingerprints():
+    """One rule: a setting equal to its default is not recorded (neither in strategies nor in TrainConfig)."""
+    assert cl.EWC(10.0).config() == {"name": "ewc", "class": "EWC", "lam": 10.0}
+    assert cl.EWC(10.0, mode="separate").config() == cl.EWC(10.0).config()
+    assert cl.EWC(10.0, mode="online").config()["mode"] == "online"
+    assert cl.TrainConfig().to_dict() == {}
+    assert cl.TrainConfig(lr=0.1, momentum=0).to_dict() == {"lr": 0.1}
+    stream = cl.make_stream("permuted", _dataset(d=4), n_tasks=1)
+    config = run_config(cl.MLP(4, (2,), 4), stream, cl.Naive(), cl.TrainConfig())
+    assert config["fingerprint_version"] == FINGERPRINT_VERSION and config["train"] == {}
+
+
+def test_one_version_for_the_package():
+    import tomllib
+    from pathlib import Path
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "version" not in meta["project"] and meta["project"]["dynamic"] == ["version"]
+    from importlib.metadata import version
+    assert version("clutils") == cl.__version__
+
+
+def test_numpy_integers_are_accepted_and_floats_never_truncated():
+    import numpy as np
+
+    s = cl.make_stream("permuted", "digits", n_tasks=np.int64(2), seed=np.int64(1))
+    assert len(s) == 2 and s.description["n_tasks"] == 2 and type(s.description["seed"]) is int
+    with pytest.raises(TypeError, match="chunk_size"):
+        cl.SSL("slnid", 1e-3, chunk_size=10.5)
