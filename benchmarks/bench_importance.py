@@ -24,7 +24,7 @@ import time
 import torch
 
 import clutils
-from clutils.data import Stream, Task
+from clutils.streams import Stream, Task
 from clutils import fisher_diagonal, hebbian_importance, mas_importance
 
 

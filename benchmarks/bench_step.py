@@ -51,14 +51,14 @@ def prepared(name: str, model: torch.nn.Module, stream: cl.Stream, tasks: int) -
     return strategy
 
 
-def time_steps(model, strategy, opt, x, y, n: int, batch: int, device, with_value: bool = False) -> float:
+def time_steps(model, strategy, opt, x, y, n: int, batch: int, device) -> float:
     """Seconds per ``train_step`` over ``n`` steps (one sync at the end), as ``train_stream`` calls it."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for k in range(n):
         i = (k * batch) % (len(y) - batch)
-        cl.train_step(model, opt, strategy, x[i:i + batch], y[i:i + batch], 0, 10, 1, penalty_value=with_value)
+        cl.train_step(model, opt, strategy, x[i:i + batch], y[i:i + batch], head=0, n_active=10, t=1)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / n
@@ -74,9 +74,6 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--flush-denormal", action="store_true")
-    ap.add_argument("--with-value", action="store_true",
-                    help="also compute the consolidation penalty's value at every step (train_step's default; "
-                         "train_stream computes it once per epoch)")
     ap.add_argument("--json", help="also write the medians here")
     args = ap.parse_args()
     device = cl.resolve_device(args.device)
@@ -98,12 +95,10 @@ def main() -> None:
     times = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, (model, strategy, opt) in runs.items():
-            times[name].append(time_steps(model, strategy, opt, x28, y, args.steps, args.batch, device,
-                                          args.with_value))
+            times[name].append(time_steps(model, strategy, opt, x28, y, args.steps, args.batch, device))
     med = {name: statistics.median(v) for name, v in times.items()}
     print(f"device {device}, threads {torch.get_num_threads()}, MLP 784-{'-'.join(map(str, args.hidden))}-10, "
-          f"batch {args.batch}, {args.tasks} tasks consolidated, flush_denormal={args.flush_denormal}, "
-          f"penalty value every step={args.with_value}")
+          f"batch {args.batch}, {args.tasks} tasks consolidated, flush_denormal={args.flush_denormal}")
     for name, v in med.items():
         ratio = v / med["plain"] if "plain" in med else float("nan")
         print(f"{name:13s} {v * 1e3:7.3f} ms/step   {ratio:5.2f}x plain")

@@ -46,6 +46,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
+import json
 import inspect
 import itertools
 import math
@@ -55,6 +57,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from ._files import atomic_write_text
 
 __all__ = ["main", "load_experiment", "Experiment", "ExperimentError", "STRATEGY_TYPES", "summarize"]
 
@@ -90,9 +94,11 @@ class Run:
 
     @property
     def name(self) -> str:
-        """A file name: configuration and seed, made safe."""
-        slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", self.configuration).strip("_")
-        return f"{slug}__seed{self.seed}"
+        """A file name: a readable slug of the configuration, a short digest of it (two labels that make one
+        slug, "EWC a" and "EWC_a", still make two files) and the seed."""
+        slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", self.configuration).strip("_")[:80]
+        digest = hashlib.sha256(self.configuration.encode()).hexdigest()[:8]
+        return f"{slug}-{digest}__seed{self.seed}"
 
 
 @dataclass
@@ -498,29 +504,64 @@ def summarize(results: Sequence, out: Path | None = None) -> tuple[str, str]:
             cells.append(f"{mean:.2f} ± {sd:.2f}" if not math.isnan(sd) else f"{mean:.2f}")
             nums += [f"{mean:.4f}", "" if math.isnan(sd) else f"{sd:.4f}"]
         train_s = statistics.fmean(float(sum(r.timings.get("train_s", []))) for r in runs)
-        md.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {train_s:.1f} |")
+        md.append(f"| {_md_cell(name)} | {len(runs)} | " + " | ".join(cells) + f" | {train_s:.1f} |")
         quoted = '"' + name.replace('"', '""') + '"'
         csv.append(f"{quoted},{len(runs)}," + ",".join(nums) + f",{train_s:.2f}")
     md_text, csv_text = "\n".join(md) + "\n", "\n".join(csv) + "\n"
     if out is not None:
-        (out / "summary.md").write_text(md_text)
-        (out / "summary.csv").write_text(csv_text)
+        atomic_write_text(out / "summary.md", md_text)
+        atomic_write_text(out / "summary.csv", csv_text)
     return md_text, csv_text
 
 
+def _md_cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell (a ``|`` would end the cell)."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+MANIFEST = "experiment.json"  # which run files (and which configurations) belong to the experiment in OUT
+
+
+def _write_manifest(out: Path, exp_path: Path, files: dict[str, str]) -> None:
+    atomic_write_text(out / MANIFEST, json.dumps({"experiment": str(exp_path), "runs": files}, indent=1,
+                                                 sort_keys=True))
+
+
 def _load_results(folder: Path):
+    """The run files of the experiment last run into ``folder``: when its manifest is there, only the files
+    it lists whose stored configuration is the listed one (a file left over from an older version of the
+    experiment file is left out, and named); files that cannot be read are skipped, and named."""
     from .results import RunResult
+    from .runs import fingerprint
 
     if not folder.is_dir():
         raise ExperimentError(f"{folder}: no such results folder (clutils run writes one, results/<experiment> by default).")
-    results = []
-    for p in sorted(folder.glob("*.json")):
+    wanted = None
+    if (folder / MANIFEST).is_file():
         try:
-            results.append(RunResult.load(p))
-        except (ValueError, TypeError, KeyError) as err:
-            print(f"skipping {p}: not a RunResult ({err})", file=sys.stderr)
+            wanted = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["runs"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+            print(f"ignoring {folder / MANIFEST}: unreadable ({err}); reporting every run file", file=sys.stderr)
+    results, left_out = [], []
+    for p in sorted(folder.glob("*.json")):
+        if p.name == MANIFEST:
+            continue
+        try:
+            res = RunResult.load(p)
+        except (ValueError, TypeError, KeyError, OSError, UnicodeDecodeError) as err:
+            print(f"skipping {p}: not a readable RunResult ({type(err).__name__}: {err})", file=sys.stderr)
+            continue
+        if wanted is not None and wanted.get(p.name) != fingerprint(res.config):
+            left_out.append(p.name)
+            continue
+        results.append(res)
+    if left_out:
+        print(f"left out {len(left_out)} run file(s) that are not runs of the experiment in {folder / MANIFEST} "
+              f"(an older version of it?): {', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}",
+              file=sys.stderr)
     if not results:
-        raise ExperimentError(f"{folder}: holds no RunResult files (*.json); run `clutils run EXPERIMENT` first.")
+        raise ExperimentError(f"{folder}: holds no RunResult files (*.json) of its experiment; run `clutils run "
+                              f"EXPERIMENT` first.")
     return results
 
 
@@ -575,6 +616,11 @@ def _run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise ExperimentError(f"--threads {args.threads}: give at least 1.")
     out = args.out or Path("results") / exp.path.stem
+    names: dict[str, str] = {}
+    for run in exp.runs:
+        if names.setdefault(run.name, run.configuration) != run.configuration:
+            raise ExperimentError(f"configurations {names[run.name]!r} and {run.configuration!r} would write one "
+                                  f"file ({run.name}.json); give them distinct labels.")
     if args.dry_run:
         _dry_run(exp, out)
         return 0
@@ -587,9 +633,14 @@ def _run(args) -> int:
         close()
     done = [r for r in results if not isinstance(r, RunFailure)]
     failed = [r for r in results if isinstance(r, RunFailure)]
+    from .runs import fingerprint
+
+    files = {}
     for run, res in zip(exp.runs, results):
         if not isinstance(res, RunFailure):
             res.save(out / f"{run.name}.json")
+            files[f"{run.name}.json"] = fingerprint(res.config)
+    _write_manifest(out, exp.path, files)
     if done:
         md, _ = summarize(done, out)
         print(md, end="")

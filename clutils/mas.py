@@ -116,8 +116,9 @@ class MAS(Consolidation):
     r"""Memory Aware Synapses: :math:`\Omega` from :func:`mas_importance` (or :func:`hebbian_importance`).
 
     ``kind``: ``"per_sample"`` (the paper's definition), ``"batch"`` (the released code's,
-    a statistic of mini-batches of ``batch_size``), or ``"hebbian"``.  :math:`\Omega` accumulates
-    over tasks with the anchor at the latest parameters (online mode, :math:`\gamma=1`).  The
+    a statistic of mini-batches of ``batch_size``), or ``"hebbian"``.  ``mode="online"`` (the
+    paper's): :math:`\Omega` accumulates over tasks with the anchor at the latest parameters
+    (:math:`\gamma=1`); ``mode="separate"`` keeps one quadratic per past task, as EWC does.  The
     paper's penalty is :math:`\lambda\sum_i\Omega_i(\theta_i-\theta^*_i)^2` without the 1/2, so
     ``MAS(lam)`` uses :math:`2\lambda` in the shared :math:`\frac\lambda2` form: ``lam`` is the paper's :math:`\lambda`.
     """
@@ -125,14 +126,14 @@ class MAS(Consolidation):
     name = "mas"
     KINDS = (*MAS_KINDS, "hebbian")
 
-    def __init__(self, lam: float, *, kind: str = "per_sample", n_samples: int | None = None,
+    def __init__(self, lam: float, *, kind: str = "per_sample", mode: str = "online", n_samples: int | None = None,
                  batch_size: int | None = None, chunk_size: int = 1024, seed: int = 0):
         check_choice(kind, self.KINDS, "MAS importance kind")
         check_sampling(n_samples, batch_size=batch_size, chunk_size=chunk_size)
         if kind == "batch" and batch_size is None:
             raise ValueError("MAS(kind='batch') needs batch_size: the importance is a statistic of mini-batches "
                              "of that size (the released code uses 200).")
-        super().__init__(lam, mode="online", gamma=1.0, lam_scale=2.0)
+        super().__init__(lam, mode=mode, gamma=1.0, lam_scale=2.0)
         self.kind, self.n_samples, self.batch_size, self.chunk_size, self.seed = (
             kind, n_samples, batch_size, chunk_size, int(seed))
 

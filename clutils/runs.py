@@ -90,6 +90,7 @@ def _check_model_fits(model: nn.Module, stream: Stream) -> None:
     model = check_model(model)
     if len(stream) == 0:
         raise ValueError("the stream has no tasks.")
+    stream.check_splits()
     if model.n_heads != stream.n_heads:
         raise ValueError(
             f"the model has {model.n_heads} head(s) but the {stream.scenario}-incremental stream needs "

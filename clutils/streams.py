@@ -197,6 +197,17 @@ class Stream:
         tasks = [t.to(device, moved, memo) for t in self.tasks]
         return Stream(self.name, self.scenario, tasks, self.n_features, self.n_outputs, self.n_heads, dict(self.description))
 
+    def check_splits(self) -> "Stream":
+        """Refuse a task whose training, test or validation split is empty (its accuracy would be 0/0 = NaN)."""
+        for t in self.tasks:
+            for split_ in t._y:
+                if len(t._y[split_]) == 0:
+                    fix = ("use a larger val_fraction (every class needs round(fraction * its count) >= 1 image)"
+                           if split_ == "val" else "give every task images of its classes in that split")
+                    raise ValueError(f"task {t.id} ({t.name}) of the {self.name} stream has no {split_} examples: "
+                                     f"its accuracy would be NaN. {fix[0].upper() + fix[1:]}.")
+        return self
+
     def digest(self) -> str:
         """A digest of the stream's content: scenario, heads, outputs and every task's :meth:`Task.digest`
         (each tensor is hashed once, then remembered until it changes in place)."""
@@ -259,7 +270,7 @@ def _class_stream(ds: Dataset, groups: Sequence[Sequence[int]], scenario: str, n
     n_out = offset if scenario == "class" else max(len(g) for g in groups)
     return Stream(name, scenario, tasks, ds.n_features, n_out, len(groups) if scenario == "task" else 1,
                   {"stream": name, "dataset": ds.name, "groups": [list(map(int, g)) for g in groups],
-                   "scenario": scenario})
+                   "scenario": scenario}).check_splits()
 
 
 def _check_groups(groups: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -398,7 +409,7 @@ def hold_out(stream: Stream, fraction: float, seed: int = 0) -> Stream:
         tasks.append(Task(t.id, t.name, x_tr, y_tr, t._x["test"], t._y["test"], t.classes, t.perm,
                           t.label_offset, t._memo, x_va, y_va))
     return Stream(stream.name, stream.scenario, tasks, stream.n_features, stream.n_outputs, stream.n_heads,
-                  {**stream.description, "val_fraction": float(fraction), "val_seed": int(seed)})
+                  {**stream.description, "val_fraction": float(fraction), "val_seed": int(seed)}).check_splits()
 
 
 def make_stream(kind: str, dataset: str | Dataset = "mnist", *, scenario: str | None = None,

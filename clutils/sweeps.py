@@ -20,6 +20,7 @@ finish.  Nothing here imports Dask.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -69,6 +70,7 @@ class RunSpec:
     cache_dir: str | None = None
     extras: dict = field(default_factory=dict)
     threads: int | None = None  # torch intra-op threads for this run (None: leave the process's setting)
+    keep_model: bool = False  # keep the final weights beside the cached record (a sweep's runs rarely need them)
 
 
 @dataclass
@@ -107,6 +109,37 @@ def _resolve_stream(stream: Stream | dict, device: str = "cpu") -> Stream:
     return _STREAMS[key]
 
 
+_THREADS_LOCK = threading.Lock()
+_WORKER_THREADS: list[int] = []  # the thread count a pool thread set for this process (at most one value)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's intra-op thread count for one run.  It is process-wide: the main thread sets it for the run
+    and restores it after; a pool thread (a thread pool, a Dask worker) sets it once for the whole
+    process and leaves it, refusing a run that asks for another count than the process already runs."""
+    if n is None or (torch.get_num_threads() == n and threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    if threading.current_thread() is threading.main_thread():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+        return
+    with _THREADS_LOCK:
+        if _WORKER_THREADS and _WORKER_THREADS[0] != n:
+            raise ValueError(f"this run asks for threads={n}, but runs of this process already use "
+                             f"{_WORKER_THREADS[0]} (the setting is process-wide); give every run of a thread "
+                             f"pool the same threads, or use a process pool.")
+        if not _WORKER_THREADS:
+            torch.set_num_threads(n)
+            _WORKER_THREADS.append(n)
+    yield
+
+
 def execute(spec: RunSpec) -> RunResult:
     """Run one :class:`RunSpec` here (what every worker does)."""
     with _INIT_LOCK:
@@ -114,13 +147,9 @@ def execute(spec: RunSpec) -> RunResult:
         seed_everything(spec.seed)
         model = spec.make_model()
     kwargs = {} if spec.cache_dir is None else {"cache_dir": spec.cache_dir}
-    before = torch.get_num_threads()
-    if spec.threads is not None:
-        torch.set_num_threads(spec.threads)
-    try:
-        res = train_stream(model, stream, spec.strategy, spec.cfg, device=spec.device, progress=False, **kwargs)
-    finally:
-        torch.set_num_threads(before)
+    with _threads(spec.threads):
+        res = train_stream(model, stream, spec.strategy, spec.cfg, device=spec.device, progress=False,
+                           keep_model=spec.keep_model, **kwargs)
     res.extras.update(spec.extras)
     return res
 

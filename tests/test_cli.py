@@ -1,6 +1,8 @@
 """The `clutils` command line: experiment files are checked before any run, dry runs list the runs,
 a real run writes RunResult files and a summary that `clutils report` rebuilds."""
+import json
 import csv
+import re
 import statistics
 from pathlib import Path
 
@@ -120,9 +122,9 @@ def test_run_writes_results_and_summary_and_report_rebuilds_it(tmp_path, capsys)
     exp = write(tmp_path, TINY.replace('"l2.lam" = [0.1, 1.0]', '"l2.lam" = [0.5]'))
     out = tmp_path / "res"
     assert cli.main(["run", str(exp), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
-    files = sorted(p.name for p in out.glob("*.json"))
-    assert files == ["L2_l2.lam=0.5__seed0.json", "L2_l2.lam=0.5__seed1.json",
-                     "fine-tuning__seed0.json", "fine-tuning__seed1.json"]
+    files = sorted(p.name for p in out.glob("*__seed*.json"))
+    assert [re.sub(r"-[0-9a-f]{8}__", "__", f) for f in files] == [
+        "L2_l2.lam=0.5__seed0.json", "L2_l2.lam=0.5__seed1.json", "fine-tuning__seed0.json", "fine-tuning__seed1.json"]
     runs = [cl.RunResult.load(out / f) for f in files[2:]]
     accs = [100 * r.summary()["acc"] for r in runs]
     rows = {r["configuration"]: r for r in csv.DictReader((out / "summary.csv").open())}
@@ -151,3 +153,35 @@ def test_help_documents_the_commands_and_the_file_format(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "{run,report}" in capsys.readouterr().out
+
+
+def test_labels_that_make_one_slug_write_two_files_and_pipes_are_escaped(tmp_path):
+    """"EWC a" and "EWC_a" (or "λ=1" and "μ=1") once wrote one file, losing a result; a | broke summary.md."""
+    block = '[[config]]\nlabel = "L2"\nstrategy = [{ type = "l2", lam = 0.1 }]\n'
+    two = block.replace('"L2"', '"L2 a|b"') + block.replace('"L2"', '"L2_a|b"')
+    text = TINY.replace('"l2.lam" = [0.1, 1.0]', '"l2.lam" = [0.5]').replace(block, two)
+    exp = write(tmp_path, text)
+    out = tmp_path / "res"
+    assert cli.main(["run", str(exp), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    l2_files = sorted(p.name for p in out.glob("L2_a_b*__seed0.json"))
+    assert len(l2_files) == 2  # one file each
+    md = (out / "summary.md").read_text()
+    assert "| L2 a\\|b [l2.lam=0.5] |" in md and "| L2_a\\|b [l2.lam=0.5] |" in md
+    assert all(line.count(" | ") == 5 for line in md.splitlines()[2:])  # six cells in every row
+
+
+def test_report_covers_the_experiment_s_runs_and_names_what_it_left_out(tmp_path, capsys):
+    exp = write(tmp_path, TINY.replace('"l2.lam" = [0.1, 1.0]', '"l2.lam" = [0.5]'))
+    out = tmp_path / "res"
+    assert cli.main(["run", str(exp), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    md = (out / "summary.md").read_text()
+    stale = next(out.glob("fine-tuning*__seed0.json"))
+    rec = json.loads(stale.read_text())
+    rec["config"]["train"]["lr"] = 0.123  # a run of an older version of the experiment file
+    (out / "old-run__seed0.json").write_text(json.dumps(rec))
+    (out / "junk.json").write_text("{not json")
+    capsys.readouterr()
+    assert cli.main(["report", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "left out 1 run file" in err and "old-run__seed0.json" in err and "skipping" in err and "junk.json" in err
+    assert (out / "summary.md").read_text() == md  # the same table: the stale run is not averaged in

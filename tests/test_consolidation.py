@@ -239,3 +239,25 @@ def test_config_records_every_setting_off_its_default_and_a_subclass_s_own_argum
 
     assert Scaled(0.1, factor=3.0).config()["factor"] == 3.0  # a user's setting reaches the fingerprint
     assert Scaled(0.1).config() != Scaled(0.1, factor=3.0).config()
+
+
+def test_mas_separate_mode_is_the_exact_merge_of_per_task_quadratics(digits_stream):
+    """MAS(mode="separate") keeps sum_s Omega_s (theta - theta*_s)^2 (one quadratic per task), online keeps
+    one anchor at the latest weights: after two tasks their penalties differ, and separate equals the sum."""
+    m = _model()
+    sep, onl = MAS(1.0, mode="separate"), MAS(1.0)
+    parts = []
+    for t in range(2):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        parts.append(({n: p.detach().clone() for n, p in m.named_parameters()}, sep.importance(m, digits_stream, t)))
+        sep.after_task(m, digits_stream, t)
+        onl.after_task(m, digits_stream, t)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    want = sum(quadratic_penalty(m, a, o, 2.0) for a, o in parts)  # lam_scale 2: the paper's lam * sum
+    assert torch.allclose(sep.value(m), want, rtol=1e-5)
+    assert not torch.allclose(onl.value(m), want, rtol=1e-3)
+    assert MAS(1.0, mode="separate").config()["mode"] == "separate" and "mode" not in MAS(1.0).config()

@@ -222,3 +222,62 @@ def test_numpy_integers_are_accepted_and_floats_never_truncated():
     assert len(s) == 2 and s.description["n_tasks"] == 2 and type(s.description["seed"]) is int
     with pytest.raises(TypeError, match="chunk_size"):
         cl.SSL("slnid", 1e-3, chunk_size=10.5)
+
+
+def test_empty_splits_are_refused_when_the_stream_is_built():
+    ds = _dataset(classes=4)
+    no_test = cl.Dataset("mine", ds.x_train, ds.y_train, ds.x_test[ds.y_test < 2], ds.y_test[ds.y_test < 2], (4, 4))
+    with pytest.raises(ValueError, match=r"task 1 .* has no test examples"):
+        cl.make_stream("split", no_test, classes_per_task=2)
+    with pytest.raises(ValueError, match=r"no val examples.*larger val_fraction"):
+        cl.make_stream("split", ds, classes_per_task=2, val_fraction=0.01)  # 30 images a class: round(0.3) = 0
+    tasks = [cl.Task(0, "t0", ds.x_train, ds.y_train, ds.x_test[:0], ds.y_test[:0], (0, 1, 2, 3))]
+    with pytest.raises(ValueError, match="no test examples"):  # a hand-built stream: refused before training
+        cl.train_stream(cl.MLP(16, (8,), 4), cl.Stream("mine", "domain", tasks, 16, 4, 1), cl.Naive(), CFG,
+                        device="cpu", progress=False)
+
+
+def test_a_checkpoint_that_does_not_fit_the_run_is_refused_with_delete_it(tmp_path):
+    stream = _split(_dataset())
+    cl.seed_everything(0)
+    cl.train_stream(cl.MLP(16, (8,), 2, 2), stream, cl.Naive(), CFG, device="cpu", checkpoint_dir=tmp_path,
+                    progress=False, stop_after_task=0)
+    path = tmp_path / "checkpoint.pt"
+    good = torch.load(path, weights_only=True)
+    for name, edit in [("task beyond the stream", lambda s: s.update(task=7)),
+                       ("missing entry", lambda s: s.pop("strategy")),
+                       ("wrong shape", lambda s: s["model"].update({"layers.0.weight": torch.zeros(3, 3)}))]:
+        state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in good.items()}
+        edit(state)
+        torch.save(state, path)
+        cl.seed_everything(0)
+        with pytest.raises(cl.checkpoint.CheckpointError, match="(?i)delete"):
+            cl.train_stream(cl.MLP(16, (8,), 2, 2), stream, cl.Naive(), CFG, device="cpu", checkpoint_dir=tmp_path,
+                            progress=False)
+
+
+def test_temporary_files_are_unique_and_never_follow_a_planted_link(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stream = _split(_dataset())
+    cl.seed_everything(0)
+    key = fingerprint(run_config(cl.MLP(16, (8,), 2, 2), stream, cl.Naive(), CFG))
+    for name in (f"{key}.json.tmp", "checkpoint.tmp", f"{key}.pt.tmp"):  # the old fixed names
+        (cache / name).symlink_to(target)
+    r, _ = _run(stream, cache)
+    assert target.read_text() == "keep me" and (cache / f"{key}.json").exists()
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]  # none left behind
+
+
+def test_a_full_disk_is_named_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from clutils import _files
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 123 vs 456")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(_files.DiskFullError, match=r"no space left on device: .*cache"):
+        _run(_split(_dataset()), tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.tmp"))

@@ -84,3 +84,86 @@ def test_bad_settings_are_refused():
         cl.SI(-1.0)
     with pytest.raises(ValueError, match="xi must be > 0"):
         cl.SI(1.0, xi=0.0)
+
+
+class Recorder(cl.Strategy):
+    """Records the trajectory (parameters before and after every step) of the run it is composed into."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def after_backward(self, model, t):
+        self._before = [p.detach().clone() for p in model.parameters()]
+
+    def after_step(self, model, t):
+        self.steps.append((t, self._before, [p.detach().clone() for p in model.parameters()]))
+
+
+def test_si_with_slnid_credits_the_task_loss_gradient_alone(stream):
+    """Compose(SI(c), SSL("slnid", lam)): omega is -sum g_CE . delta theta on the run's own trajectory,
+    g_CE the cross-entropy gradient alone (recomputed here, batch by batch, by a plain loop)."""
+    si, rec = cl.SI(1.0), Recorder()
+    cl.seed_everything(0)
+    model = cl.MLP(64, (32,), 10)
+    cfg = cl.TrainConfig(epochs=1, batch_size=64, lr=0.05, seed=1)
+    cl.train_stream(model, stream, cl.Compose(rec, si, cl.SSL("slnid", 0.05)), cfg, device="cpu", progress=False,
+                    stop_after_task=0)
+    # replay task 0's batches with the same order, computing the CE gradient at each recorded point
+    task = stream[0]
+    order = torch.randperm(task.n_train, generator=cl.seeds.generator(cl.seeds.batch_order_seed(1, 0, 0)))
+    probe = cl.MLP(64, (32,), 10)
+    omega = [torch.zeros_like(p) for p in probe.parameters()]
+    steps0 = [s for s in rec.steps if s[0] == 0]
+    for k, i in enumerate(range(0, task.n_train, 64)):
+        idx = order[i:i + 64]
+        _, before, after = steps0[k]
+        with torch.no_grad():
+            for p, b in zip(probe.parameters(), before):
+                p.copy_(b)
+        probe.zero_grad()
+        torch.nn.functional.cross_entropy(probe(task.x_train[idx]), task.y_train[idx]).backward()
+        for o, p, b, a in zip(omega, probe.parameters(), before, after):
+            o -= p.grad * (a - b)
+    # SI's path buffer was folded into Omega after task 0: compare Omega^(0) = max(omega,0)/(delta^2+xi)
+    for (n, p0), o in zip(model.named_parameters(), omega):
+        delta = p0.detach() - si.start[n]
+        assert torch.allclose(si.omega[n], o.clamp_min(0) / (delta.square() + si.xi), rtol=1e-4, atol=1e-7), n
+
+
+def test_si_first_or_last_in_compose_gives_the_same_run(stream):
+    """after_backward sees .grad before any grad_penalty: SI's place in a Compose no longer matters."""
+    first = _run(cl.Compose(cl.SI(1.0), cl.EWC(5.0)), stream)
+    last = _run(cl.Compose(cl.EWC(5.0), cl.SI(1.0)), stream)
+    assert first.acc == last.acc
+
+
+def test_select_epoch_restores_si_s_path_integral_with_the_model(monkeypatch):
+    """The epoch kept by select_epoch comes back with SI's state of that epoch, not the last epoch's.
+
+    The validation accuracy is scripted to fall after each task's first epoch, so the first epoch is
+    kept: the run must then equal, state for state, one that trains each later task one epoch only."""
+    from clutils import training
+
+    calls: dict[int, int] = {}
+
+    def falling(model, stream, t, split, batch_size):
+        calls[t] = calls.get(t, 0) + 1
+        return 1.0 - 0.1 * calls[t]  # the first epoch is the best
+
+    monkeypatch.setattr(training, "_task_accuracy", falling)
+    val = cl.make_stream("permuted", "digits", n_tasks=2, seed=0, val_fraction=0.2)
+    runs = []
+    for epochs in (3, [3, 1]):
+        calls.clear()
+        cl.seed_everything(0)
+        si, model = cl.SI(1.0), cl.MLP(64, (32,), 10)
+        cl.train_stream(model, val, si, cl.TrainConfig(epochs=epochs, batch_size=64, lr=0.1, seed=1,
+                                                        select_epoch="val"), device="cpu", progress=False)
+        runs.append((si, model))
+    (si3, m3), (si1, m1) = runs
+    # task 0 kept its first epoch in both runs; so did task 1: the models and SI's importances agree
+    for a, b in zip(m3.state_dict().values(), m1.state_dict().values()):
+        assert torch.equal(a, b)
+    for n in si3.omega.keys():
+        assert torch.equal(si3.omega[n], si1.omega[n]), n  # with the last epoch's path integral they would not
