@@ -204,9 +204,10 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
     ``checkpoint_dir``: save after every task and resume from there if the same configuration was
     interrupted.  ``cache_dir``: a finished run with the same configuration (see :func:`run_config`)
     is loaded from ``cache_dir/<fingerprint>.json`` instead of trained (``from_cache`` is then
-    true) and, when its final weights were kept (``keep_model``, ``<fingerprint>.pt``), ``model``
-    and ``strategy`` are given the trained state back (``result.model_restored``); an
-    unfinished run resumes.  ``stop_after_task`` ends the run early (as a kill would), leaving the
+    true) and ``model`` and ``strategy`` are given the trained state back from ``<fingerprint>.pt``
+    (``result.model_restored``).  ``keep_model=True`` (the default) keeps the final weights there, and
+    a record cached without them (by ``keep_model=False``, as sweeps do) is trained once more to keep
+    them; ``keep_model=False`` returns a record alone.  An unfinished run resumes.  ``stop_after_task`` ends the run early (as a kill would), leaving the
     checkpoint behind.
     """
     strategy = _check_strategy(strategy)
@@ -230,16 +231,18 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
     strategy.to(dev)
     if cache_dir is not None:
         cached = load_cached(Path(cache_dir) / f"{key}.json", config)
-        if cached is not None:
-            weights = Path(cache_dir) / f"{key}.pt"
-            cached.model_restored = weights.exists()
-            if weights.exists():
-                _refuse_used(strategy)
-                load_model(weights, model, strategy, config)
-                model.to(dev)
-                strategy.to(dev)
-                _mark_used(strategy)
+        weights = Path(cache_dir) / f"{key}.pt"
+        if cached is not None and weights.exists():
+            _refuse_used(strategy)
+            load_model(weights, model, strategy, config)
+            model.to(dev)
+            strategy.to(dev)
+            _mark_used(strategy)
+            cached.model_restored = True
             return cached
+        if cached is not None and not keep_model:
+            return cached  # the record alone was asked for; model keeps its initial weights
+        # a record without its weights, and the model asked for: train it again (once) to keep them
         checkpoint_dir = checkpoint_dir or Path(cache_dir) / key
     if stream[0].device != dev:
         stream = stream.to(dev)

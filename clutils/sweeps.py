@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import pickle
@@ -308,20 +309,25 @@ def sweep(values: Sequence[float], make_strategy: Callable[[float], Strategy], m
 def run_seeds(make_strategy: Callable[[], Strategy], make_model: Callable[[], nn.Module], stream: Stream | dict,
               cfg: TrainConfig, seeds: Sequence[int], *, device: str = "auto", progress: bool = False,
               executor: Executor | None = None, cache_dir: str | Path | None = None,
-              on_error: str = "raise", threads: int | None = None) -> list[RunResult | RunFailure]:
+              on_error: str = "raise", threads: int | None = None,
+              keep_model: bool = False) -> list[RunResult | RunFailure]:
     """One run per seed ``s``: ``seed_everything(s); train_stream(make_model(), stream, make_strategy(), cfg with seed=s)``.
 
     The seed sets the initial weights and the order of the batches (``cfg.seed``); the stream stays
-    the same.  Returns the runs in the order of ``seeds``, each with ``extras["seed"] = s``.
+    the same.  ``make_strategy`` takes no argument, or one: the seed (a strategy that samples, such
+    as EWC's sampled Fisher, seeded with the run).  Returns the runs in the order of ``seeds``, each
+    with ``extras["seed"] = s``.  ``keep_model``: keep each run's final weights in the cache too.
     """
     seeds = list(seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
         raise ValueError(f"seeds must be a non-empty list of ints, e.g. [0, 1, 2, 3, 4]; got {seeds!r}.")
     _check_callables(make_strategy, make_model, "()")
     cfg.validate(_n_tasks(stream))
-    strategies = [make_strategy() for _ in seeds]
+    takes_seed = any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                     for p in inspect.signature(make_strategy).parameters.values())
+    strategies = [make_strategy(s) if takes_seed else make_strategy() for s in seeds]
     specs = [RunSpec(make_model, st, stream, dataclasses.replace(cfg, seed=s), s, device, _cache(cache_dir),
-                     {"seed": s}, threads) for s, st in zip(seeds, strategies)]
+                     {"seed": s}, threads, keep_model) for s, st in zip(seeds, strategies)]
     return run_many(specs, executor=executor, progress=progress, on_error=on_error)
 
 

@@ -189,7 +189,7 @@ def test_keep_model_false_writes_no_weights(tmp_path):
     stream = _split(_dataset())
     _run(stream, tmp_path, keep_model=False)
     assert not list(tmp_path.glob("*.pt"))
-    r, m = _run(stream, tmp_path)
+    r, m = _run(stream, tmp_path, keep_model=False)
     assert r.from_cache and not r.model_restored
 
 
@@ -281,3 +281,22 @@ def test_a_full_disk_is_named_and_leaves_no_temporary_file(tmp_path, monkeypatch
     with pytest.raises(_files.DiskFullError, match=r"no space left on device: .*cache"):
         _run(_split(_dataset()), tmp_path / "cache")
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_a_record_without_weights_is_trained_once_more_when_the_model_is_asked_for(tmp_path):
+    stream = _split(_dataset())
+    a, _ = _run(stream, tmp_path, strategy=cl.L2(1.0), keep_model=False)  # a sweep's run: the record only
+    b, mb = _run(stream, tmp_path, strategy=cl.L2(1.0))  # the model wanted: trained again, weights kept
+    assert not b.from_cache and b.acc == a.acc and list(tmp_path.glob("*.pt"))
+    c, mc = _run(stream, tmp_path, strategy=cl.L2(1.0))
+    assert c.from_cache and c.model_restored
+    assert all(torch.equal(x, y) for x, y in zip(mb.state_dict().values(), mc.state_dict().values()))
+
+
+def test_run_seeds_passes_the_seed_to_a_strategy_maker_that_takes_it(tmp_path):
+    from clutils.sweeps import run_seeds
+
+    stream = _split(_dataset())
+    runs = run_seeds(lambda s: cl.EWC(1.0, fisher="sampled", seed=s),
+                     lambda: cl.MLP(16, (8,), 2, 2), stream, CFG, [0, 3], device="cpu")
+    assert [r.config["strategy"].get("seed", 0) for r in runs] == [0, 3]
