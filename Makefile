@@ -13,7 +13,7 @@ MATHJAX  := _vendor/site/mathjax
 # fonts, the TeX extensions it may autoload, the menu and accessibility pieces.
 MATHJAX_PARTS := tex-chtml.js input output/chtml ui a11y adaptors
 
-.PHONY: all venv mathjax chromium book test verify gpu-check clean
+.PHONY: all venv mathjax chromium book test check verify gpu-check clean
 
 all: book
 
@@ -48,6 +48,10 @@ book: venv mathjax
 
 test: venv mathjax chromium
 	$(PY) -m pytest -q
+
+# The edit-test loop: the unit tests only (no chapters, book build or browser), about a minute on 2 cores.
+check: venv
+	$(PY) -m pytest -q -m "not book" --ignore=tests/test_book.py --ignore=tests/test_render.py --ignore=tests/test_verify.py
 
 # Re-execute chapters (their full profile, as committed) and check that the cells tagged
 # nbval-check-output reproduce their committed outputs (nbval, lax mode; timings sanitised).

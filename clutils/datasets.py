@@ -49,6 +49,21 @@ class Dataset:
         if self.x_train.shape[1] != self.x_test.shape[1]:
             raise ValueError(f"Dataset {self.name!r}: train images have {self.x_train.shape[1]} features, "
                              f"test images {self.x_test.shape[1]}.")
+        if self.x_train.dtype != self.x_test.dtype:
+            raise ValueError(f"Dataset {self.name!r}: x_train is {self.x_train.dtype} but x_test {self.x_test.dtype}; "
+                             f"give both one dtype, e.g. x.float() (float32, what clutils' models use).")
+        for split_, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            if x.numel() and not torch.isfinite(x).all():
+                n_bad = int((~torch.isfinite(x)).any(1).sum())
+                raise ValueError(f"Dataset {self.name!r}: x_{split_} holds NaN or infinite pixels in {n_bad} image(s); "
+                                 f"clean them (torch.nan_to_num, or drop those rows) before building the data set.")
+            if x.numel() and float(x.max()) > 1.0 and bool((x == x.round()).all()):
+                raise ValueError(f"Dataset {self.name!r}: x_{split_} holds whole numbers up to {float(x.max()):g}: raw "
+                                 f"0..255 pixels, which train at chance with clutils' learning rates. Scale them "
+                                 f"to [0, 1] (x / 255) or standardise them.")
+            if y.numel() and int(y.min()) < 0:
+                raise ValueError(f"Dataset {self.name!r}: y_{split_} holds negative labels ({int(y.min())}); labels "
+                                 f"are class indices >= 0.")
 
     @property
     def n_features(self) -> int:

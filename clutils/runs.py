@@ -101,6 +101,39 @@ def _check_model_fits(model: nn.Module, stream: Stream) -> None:
     if model.in_features != stream.n_features:
         raise ValueError(f"the model takes {model.in_features} input features but the stream's images have "
                          f"{stream.n_features}.")
+    _probe_model(model, stream)
+
+
+def _probe_model(model: nn.Module, stream: Stream) -> None:
+    """Call the model once, in eval mode on a real batch of two images, and check what it returns against
+    the contract (before any training: a model that breaks it fails here, not inside torch later)."""
+    x = stream[0].x_test[:2]
+    params = list(model.parameters())
+    if params and params[0].dtype != x.dtype:
+        raise TypeError(f"the model's parameters are {params[0].dtype} but the stream's images {x.dtype}; convert "
+                        f"one to the other (model.float(), or the data set's tensors .to({params[0].dtype})).")
+    shared = model.shared_parameters()
+    if shared is None or not all(isinstance(p, nn.Parameter) for p in shared):
+        raise TypeError(f"{type(model).__name__}.shared_parameters() must return a list of parameters (the layers "
+                        f"every task shares), got {type(shared).__name__}.")
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x.to(params[0].device) if params else x, 0, return_hidden=True)
+    except TypeError as err:
+        raise TypeError(f"{type(model).__name__}.forward must accept (x, task, return_hidden=...) (the model "
+                        f"contract, clutils.ContinualModel): {err}") from None
+    finally:
+        model.train(was)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], (list, tuple))):
+        raise TypeError(f"{type(model).__name__}(x, task, return_hidden=True) must return (logits, [hidden "
+                        f"activations, ...]) -- a tuple whose second item is a list; got {type(out).__name__}"
+                        f"{'' if not isinstance(out, tuple) else ' of ' + ', '.join(type(o).__name__ for o in out)}.")
+    logits = out[0]
+    if logits.ndim != 2 or logits.shape[0] != len(x) or logits.shape[1] < stream.n_outputs:
+        raise ValueError(f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for {len(x)} images; "
+                         f"the stream needs ({len(x)}, {stream.n_outputs}) or more outputs per head.")
 
 
 def _refuse_used(strategy: Strategy) -> None:

@@ -360,6 +360,11 @@ def permuted(ds: Dataset, n_tasks: int = 10, seed: int = 0, first_unpermuted: bo
     scenario = check_name(scenario, SCENARIOS, "scenario")
     n_tasks, seed = _check_n_tasks(n_tasks, ds.n_features), check_int(seed, "seed")
     n_cls = len(ds.classes)
+    if ds.classes != list(range(n_cls)) or any(int(c) not in range(n_cls) for c in torch.unique(ds.y_test)):
+        raise ValueError(f"a permuted stream keeps the data set's labels, which must be 0..{n_cls - 1} for its "
+                         f"{n_cls} classes; {ds.name!r} has classes {ds.classes[:10]} (test labels "
+                         f"{sorted(int(c) for c in torch.unique(ds.y_test))[:10]}). Relabel them (e.g. with "
+                         f"torch.unique(y, return_inverse=True)) or use a split / disjoint stream, which renumbers.")
     memo = _Memo()
     tasks = []
     for t, p in enumerate(permutations(n_tasks, ds.n_features, seed, first_unpermuted)):

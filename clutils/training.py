@@ -78,6 +78,9 @@ class TrainConfig:
         check_positive_float(self.lr, "lr")
         check_positive_float(self.momentum, "momentum", allow_zero=True)
         check_positive_float(self.weight_decay, "weight_decay", allow_zero=True)
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be below 1 (SGD's velocity grows without bound otherwise), got "
+                             f"{self.momentum}; 0.9 is the usual choice.")
         if self.select_epoch not in (None, "val", "test"):
             raise ValueError(f"select_epoch must be None (the last epoch), 'val' or 'test', got {self.select_epoch!r}.")
         if self.optimizer == "adam" and self.momentum:
@@ -248,8 +251,6 @@ def _likely_cause(cfg: TrainConfig, x: Tensor) -> str:
     if not torch.isfinite(x).all():
         return ("the task's training inputs hold NaN or infinite values; clean the data set (e.g. "
                 "torch.nan_to_num) before building the stream.")
-    if cfg.optimizer == "sgd" and cfg.momentum >= 1:
-        return f"momentum={cfg.momentum} is >= 1, which makes SGD diverge; use a momentum below 1 (e.g. 0.9)."
     if cfg.lr * cfg.weight_decay >= 1:
         return (f"weight_decay={cfg.weight_decay} with lr={cfg.lr} (their product >= 1) makes every step overshoot; "
                 f"lower the weight decay.")
