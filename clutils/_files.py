@@ -8,13 +8,16 @@ leaves no temporary file behind.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "DiskFullError"]
+__all__ = ["atomic_write", "atomic_write_text", "DiskFullError", "run_lock"]
 
 
 class DiskFullError(OSError):
@@ -66,3 +69,67 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
     return atomic_write(path, write)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(path: str | os.PathLike, poll_s: float = 0.2):
+    """Hold ``path`` (a lock file holding this process's id) while a run trains into a shared folder.
+
+    A second writer of the same run waits here until the first one finishes, then finds its result;
+    a lock left by a process that died (a kill) is taken over.  Yields True when this call had to wait.
+    Threads of one process share a pid, so they serialise on an in-process lock first.
+    """
+    path = Path(path)
+    waited = False
+    with _thread_lock(str(path)):
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(path.read_text() or "0")
+                except (OSError, ValueError):
+                    pid = 0
+                if (pid and pid != os.getpid() and _alive(pid)) or (not pid and time.time() - _mtime(path) < 5):
+                    waited = True
+                    time.sleep(poll_s)
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # stale: its process is gone
+                continue
+            except OSError as err:
+                raise _explain(err, path) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            break
+        try:
+            yield waited
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_GUARD = threading.Lock()
+
+
+def _thread_lock(key: str):
+    with _GUARD:
+        return _THREAD_LOCKS.setdefault(key, threading.Lock())

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ._digest import class_code_digest, weights_digest
-from ._files import atomic_write
+from ._files import atomic_write, run_lock
 from .checkpoint import CheckpointError, Checkpointer, check_writable_folder, first_difference, normalised
 from .models import check_model
 from .results import CacheError, RunResult, load_cached
@@ -260,6 +260,17 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
     config = run_config(model, stream, strategy, cfg)  # before anything moves: digests are kept per tensor
     key = fingerprint(config)
     _check_folders(config, checkpoint_dir, cache_dir)
+    if cache_dir is None:
+        return _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, None, keep_model, progress,
+                    stop_after_task)
+    with run_lock(Path(cache_dir) / f"{key}.lock"):  # a second writer of this run waits, then loads its result
+        return _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_dir, keep_model, progress,
+                    stop_after_task)
+
+
+def _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_dir, keep_model, progress,
+         stop_after_task) -> RunResult:
+    """The cache, or the checkpoint, or training; then the record (``train_stream`` checked everything)."""
     model.to(dev)
     strategy.to(dev)
     if cache_dir is not None:

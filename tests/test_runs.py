@@ -300,3 +300,42 @@ def test_run_seeds_passes_the_seed_to_a_strategy_maker_that_takes_it(tmp_path):
     runs = run_seeds(lambda s: cl.EWC(1.0, fisher="sampled", seed=s),
                      lambda: cl.MLP(16, (8,), 2, 2), stream, CFG, [0, 3], device="cpu")
     assert [r.config["strategy"].get("seed", 0) for r in runs] == [0, 3]
+
+
+_WRITER = """
+import json, sys, torch, clutils as cl
+ds = cl.load_dataset("digits")
+stream = cl.make_stream("permuted", ds, n_tasks=3, seed=0)
+cl.seed_everything(0)
+r = cl.train_stream(cl.MLP(64, (32,), 10), stream, cl.EWC(5.0), cl.TrainConfig(epochs=2, batch_size=32),
+                    device="cpu", cache_dir=sys.argv[1], progress=False)
+print(json.dumps({"from_cache": r.from_cache, "acc": r.acc}))
+"""
+
+
+def test_two_processes_writing_one_run_train_it_once(tmp_path):
+    """Two writers of one run into one cache_dir (real processes): the second waits on the lock file and
+    reloads the first's result; no raw FileNotFoundError, no temporary or lock file left behind."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, str(script), str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    res = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert res[0]["acc"] == res[1]["acc"]
+    assert sorted(r["from_cache"] for r in res) == [False, True]  # trained once, loaded once
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".pt"]
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    stream = _split(_dataset())
+    cl.seed_everything(0)
+    key = fingerprint(run_config(cl.MLP(16, (8,), 2, 2), stream, cl.Naive(), CFG))
+    (tmp_path / f"{key}.lock").write_text("999999999")  # no such process
+    r, _ = _run(stream, tmp_path)
+    assert not r.from_cache and not (tmp_path / f"{key}.lock").exists()
