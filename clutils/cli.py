@@ -251,7 +251,10 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ExperimentError(f"{path}: no such experiment file (give the path of a .toml file, "
                               f"e.g. experiments/04_selfless_seeds.toml).")
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ExperimentError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save the experiment file "
+                              f"as UTF-8.") from None
     except tomllib.TOMLDecodeError as err:
         raise ExperimentError(f"{path}: not valid TOML ({err}); see https://toml.io for the syntax.") from None
     check = _Checker(path)
@@ -263,6 +266,9 @@ def load_experiment(path: str | Path) -> Experiment:
         raise check.fail("seeds", f"must be a non-empty list of integers, e.g. seeds = [0, 1, 2]; got {seeds!r}.")
     if len(set(seeds)) != len(seeds):
         raise check.fail("seeds", f"lists a seed twice ({seeds}); each seed once.")
+    bad = [s for s in seeds if not 0 <= s < 2 ** 32]
+    if bad:
+        raise check.fail("seeds", f"{bad} lie outside 0 .. 2**32 - 1 (NumPy's seed range); use smaller seeds.")
     device = doc.get("device", "auto")
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
         raise check.fail("device", f"must be \"auto\", \"cpu\" or \"cuda\" (\"cuda:N\"), got {device!r}.")
@@ -404,23 +410,40 @@ def _check_runs(check: _Checker, exp: Experiment) -> None:
     from . import streams as data
     from .training import TrainConfig
 
+    from ._checks import resolve_device
+
+    if len(exp.runs) > 10_000:
+        print(f"{exp.path}: {len(exp.runs)} runs; checking each distinct setting before the first run ...",
+              file=sys.stderr)
+    try:
+        resolve_device(exp.device)
+    except (RuntimeError, ValueError) as err:
+        raise check.fail("device", f"{err}") from None
+    built: dict[str, int] = {}  # stream recipe -> its task count (each distinct stream built once, no training)
     seen = set()
     for r in exp.runs:
+        if r.stream["kind"] == "permuted":
+            try:
+                data._check_n_tasks(r.stream.get("n_tasks", 10))
+            except (TypeError, ValueError) as err:
+                raise check.fail(f"stream.n_tasks ({r.configuration!r})", str(err)) from None
+        skey = json.dumps(r.stream, sort_keys=True, default=str)
+        if skey not in built:
+            try:
+                built[skey] = len(data.make_stream(**{**r.stream, "device": "cpu"}))
+            except FileNotFoundError:  # no data here (yet): check what the recipe alone says
+                built[skey] = r.stream.get("n_tasks", 10) if r.stream["kind"] == "permuted" else None
+            except (TypeError, ValueError) as err:
+                raise check.fail(f"stream ({r.configuration!r})", f"{err}") from None
         key = repr((r.stream, r.model, r.train, r.strategy))
         if key in seen:
             continue
         seen.add(key)
         where = f"{r.configuration!r}"
-        if r.stream["kind"] == "permuted":
-            try:
-                data._check_n_tasks(r.stream.get("n_tasks", 10))
-            except (TypeError, ValueError) as err:
-                raise check.fail(f"stream.n_tasks ({where})", str(err)) from None
-        n_tasks = r.stream.get("n_tasks", 10) if r.stream["kind"] == "permuted" else None
         try:
             cfg = TrainConfig(**r.train)
-            if n_tasks is not None or isinstance(cfg.epochs, int):
-                cfg.validate(n_tasks or 1)
+            if built[skey] is not None or isinstance(cfg.epochs, int):
+                cfg.validate(built[skey] or 1)
         except (TypeError, ValueError) as err:
             raise check.fail(f"train ({where})", str(err)) from None
         _check_hidden(check, r.model["hidden"])

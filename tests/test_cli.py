@@ -185,3 +185,26 @@ def test_report_covers_the_experiment_s_runs_and_names_what_it_left_out(tmp_path
     err = capsys.readouterr().err
     assert "left out 1 run file" in err and "old-run__seed0.json" in err and "skipping" in err and "junk.json" in err
     assert (out / "summary.md").read_text() == md  # the same table: the stale run is not averaged in
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda t: t.replace("seeds = [0, 1]", "seeds = [-1, 1]"), "outside 0 .. 2**32 - 1"),
+    (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 4294967296]"), "outside 0 .. 2**32 - 1"),
+    (lambda t: t.replace('kind = "permuted"\ndataset = "digits"\nn_tasks = 2',
+                         'kind = "split"\ndataset = "digits"\nclasses_per_task = 3'), "cannot split 10 classes into tasks of 3"),
+    (lambda t: t.replace('kind = "permuted"\ndataset = "digits"\nn_tasks = 2',
+                         'kind = "disjoint"\ndataset = "digits"\ngroups = [[0, 1], [11]]'), "classes [11] do not exist"),
+    (lambda t: t.replace("epochs = 1", "epochs = [1, 1, 1]"), "epochs lists 3 values for 2 tasks"),
+])
+def test_the_file_check_builds_every_stream_before_the_first_run(tmp_path, edit, fragment, capsys):
+    exp = write(tmp_path, edit(TINY))
+    assert cli.main(["run", str(exp), "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and not list((tmp_path / "o").glob("*.json"))  # refused before any run
+
+
+def test_an_experiment_file_that_is_not_utf8_is_a_clear_error(tmp_path, capsys):
+    p = tmp_path / "exp.toml"
+    p.write_bytes(TINY.encode("utf-16"))
+    assert cli.main(["run", str(p), "--dry-run"]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err
