@@ -237,7 +237,9 @@ def neuron_importance(model: nn.Module, x: Tensor, *, head: int = 0, n_active: i
 
       Never larger than ``"per_sample"`` (the gate and the triangle inequality both shrink it).
 
-    Returns one vector per hidden layer, ``[alpha_1, ..., alpha_L]`` (on the model's device).
+    Returns one vector per hidden layer, ``[alpha_1, ..., alpha_L]`` (on the model's device).  A
+    convolutional layer's neurons are its flattened units (channel x position), the same units the
+    activation penalties regularise.
     """
     _check_importance_kind(kind, batch_size, "batch_size")
     if kind == "batch":
@@ -251,6 +253,8 @@ def neuron_importance(model: nn.Module, x: Tensor, *, head: int = 0, n_active: i
             if not hidden:
                 raise ValueError("the model has no hidden layer, so it has no neuron importance.")
             grads = torch.autograd.grad(active(logits, n_active).square().sum(), hidden)
+            # a convolutional layer's neurons are its flattened units (channel x position), as the penalty sees them
+            grads, hidden = [g.flatten(1) for g in grads], [h.flatten(1) for h in hidden]
             if sums is None:
                 sums = [torch.zeros(h.shape[1:], device=dev, dtype=h.dtype) for h in hidden]
             for s, g, h in zip(sums, grads, hidden):
@@ -293,8 +297,8 @@ def _n_hidden(model: nn.Module) -> int:
     if isinstance(model, MLP):
         return len(model.hidden)
     p = next(model.parameters(), None)
-    with torch.no_grad():
-        x = torch.zeros(1, model.in_features, device=p.device if p is not None else "cpu",
+    with torch.no_grad(), eval_mode(model):  # eval mode, two inputs: BatchNorm needs more than one value per channel
+        x = torch.zeros(2, model.in_features, device=p.device if p is not None else "cpu",
                         dtype=p.dtype if p is not None else torch.float32)
         return len(model.features(x))
 

@@ -108,3 +108,47 @@ def test_non_finite_inputs_are_named_by_the_nan_guard():
     from clutils.training import _likely_cause
 
     assert "inputs hold NaN" in _likely_cause(cl.TrainConfig(), torch.tensor([[float("nan")]]))
+
+
+class SmallCNN(nn.Module):
+    """Two conv layers on 4x4 images (one with BatchNorm) and a linear head, through the model contract."""
+
+    def __init__(self, out=4, n_heads=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 2, 3, padding=1)
+        self.heads = nn.ModuleList(nn.Linear(32, out) for _ in range(n_heads))
+        self.n_heads, self.in_features, self.out_features = n_heads, 16, out
+
+    def features(self, x):
+        h1 = torch.relu(self.bn(self.conv1(x.view(-1, 1, 4, 4))))
+        h2 = torch.relu(self.conv2(h1))
+        return [h1, h2]
+
+    def head(self, h, task=0):
+        return self.heads[task](h.flatten(1))
+
+    def forward(self, x, task=0, return_hidden=False):
+        hs = self.features(x)
+        logits = self.head(hs[-1], task)
+        return (logits, hs) if return_hidden else logits
+
+    def shared_parameters(self):
+        return [*self.conv1.parameters(), *self.bn.parameters(), *self.conv2.parameters()]
+
+    def head_parameters(self, task):
+        return list(self.heads[task].parameters())
+
+
+@pytest.mark.parametrize("method", ["slnid", "snid", "l1"])
+def test_ssl_trains_a_cnn_with_batchnorm_past_its_first_task(method):
+    """Conv feature maps count as neurons flattened (channel x position): the neuron importance after task 1
+    has the penalty's shape (it once had (C, H, W) and failed), and BatchNorm is probed in eval mode."""
+    stream = cl.make_stream("permuted", _ds(), n_tasks=2)
+    ssl = cl.SSL(method, 1e-3)
+    torch.manual_seed(0)
+    r = cl.train_stream(SmallCNN(), stream, ssl, CFG, device="cpu", progress=False)
+    assert len(r.acc) == 2
+    if ssl.uses_importance:
+        assert [tuple(a.shape) for a in ssl.alpha.values()] == [(48,), (32,)]
