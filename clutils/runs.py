@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -259,6 +260,10 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
     dev = resolve_device(device)
     config = run_config(model, stream, strategy, cfg)  # before anything moves: digests are kept per tensor
     key = fingerprint(config)
+    if cache_dir is not None and (Path(cache_dir) / f"{key}.json").is_file() and not os.access(cache_dir, os.W_OK):
+        # a read-only cache that holds this run: reading needs no write permission (and no lock)
+        return _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_dir, False, progress,
+                    stop_after_task)
     _check_folders(config, checkpoint_dir, cache_dir)
     if cache_dir is None:
         return _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, None, keep_model, progress,

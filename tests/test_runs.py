@@ -339,3 +339,18 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     (tmp_path / f"{key}.lock").write_text("999999999")  # no such process
     r, _ = _run(stream, tmp_path)
     assert not r.from_cache and not (tmp_path / f"{key}.lock").exists()
+
+
+def test_a_read_only_cache_that_holds_the_run_is_read(tmp_path, monkeypatch):
+    import os
+
+    from clutils import runs
+
+    stream = _split(_dataset())
+    a, _ = _run(stream, tmp_path, strategy=cl.L2(1.0))
+    # the folder turns read-only (simulated: tests may run as root, for whom chmod does not bite)
+    monkeypatch.setattr(runs.os, "access", lambda path, mode: mode != os.W_OK)
+    monkeypatch.setattr(runs, "check_writable_folder", lambda *a, **k: (_ for _ in ()).throw(PermissionError("ro")))
+    b, mb = _run(stream, tmp_path, strategy=cl.L2(1.0))
+    assert b.from_cache and b.model_restored and b.acc == a.acc
+    assert not list(tmp_path.glob("*.lock"))
