@@ -20,7 +20,7 @@ import torch
 import clutils as cl
 from clutils import datasets as cldata
 
-MNIST_RAW = Path("/work/shared/data/MNIST/raw")
+MNIST_RAW = cldata.data_root() / "MNIST" / "raw"  # $CLUTILS_DATA (CI points it at ../shared/data)
 
 
 def _digits() -> cl.Dataset:
