@@ -34,31 +34,50 @@ SCENARIOS = ("task", "domain", "class")
 STREAMS = ("permuted", "split", "disjoint")
 
 
-class _Memo:
-    """The last permuted tensor of each split, shared by the tasks of one stream.
+# Permuted evaluation sets kept per stream: evaluating T tasks after every task would otherwise permute
+# each test (and validation) set again T times.  Within this budget every task's evaluation copy is
+# built once; beyond it the oldest is dropped, so memory stays bounded whatever the number of tasks.
+EVAL_MEMO_BYTES = 256 << 20
 
-    Evaluation reads ``task.x_test[i:i + bs]`` batch after batch and the trainer may read
-    ``task.x_train`` more than once per task: this one slot per split makes every read after
-    the first free, while the stream never holds more than one permuted copy of each split
-    (memory stays flat in the number of tasks).  Never pickled (a worker rebuilds it).
+
+class _Memo:
+    """Permuted tensors shared by the tasks of one stream, computed when first read.
+
+    The training split keeps one slot (the task being trained; the trainer may read it more than
+    once); the evaluation splits (test, validation) keep one copy per task up to
+    :data:`EVAL_MEMO_BYTES` in all, the oldest dropped first, so evaluating every task after each
+    task permutes each set once, not once per evaluation, and memory stays bounded.  Never pickled
+    (a worker rebuilds it).
     """
 
-    def __init__(self) -> None:
-        self.slots: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+    def __init__(self, budget: int | None = None) -> None:
+        self.slots: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}  # insertion order: oldest first
+        self.budget = EVAL_MEMO_BYTES if budget is None else budget
 
     def get(self, split: str, base: Tensor, perm: Tensor) -> Tensor:
-        hit = self.slots.get(split)  # one read: safe when threads share the stream
+        key = (split,) if split == "train" else (split, id(perm))
+        hit = self.slots.get(key)  # one read: safe when threads share the stream
         if hit is not None and hit[0] is base and hit[1] is perm:
             return hit[2]
         # a normal tensor even when first read inside torch.inference_mode() (evaluation):
         # an inference tensor could not be used later by code that needs autograd
         with torch.inference_mode(False), torch.no_grad():
             out = torch.index_select(base, 1, perm)  # == base[:, perm], ~2.7x faster on the CPU
-        self.slots[split] = (base, perm, out)
+        if split != "train":
+            kept = [k for k in self.slots if k[0] != "train"]
+            size = out.numel() * out.element_size()
+            used = sum(self.slots[k][2].numel() * self.slots[k][2].element_size() for k in kept)
+            while kept and used + size > self.budget:
+                old = self.slots.pop(kept.pop(0), None)
+                if old is not None:
+                    used -= old[2].numel() * old[2].element_size()
+            if size > self.budget:
+                return out  # larger than the whole budget: computed, not kept
+        self.slots[key] = (base, perm, out)
         return out
 
     def __getstate__(self) -> dict:
-        return {"slots": {}}
+        return {"slots": {}, "budget": self.budget}
 
 
 class Task:

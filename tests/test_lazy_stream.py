@@ -105,3 +105,27 @@ def test_permutation_bytes_and_types_are_checked(digits):
         cl.permuted(digits, n_tasks=2.5)
     with pytest.raises(ValueError, match="at least one task"):
         cl.make_stream("permuted", "digits", n_tasks=0)
+
+
+def test_evaluation_permutes_each_test_set_once_within_the_memo_budget(monkeypatch):
+    """Evaluating every task after each task reads each permuted test set T times: it is built once (the
+    same values as a fresh permutation), and the kept copies never exceed the stream's budget."""
+    import clutils as cl
+
+    digits = cl.load_dataset("digits")
+    stream = cl.make_stream("permuted", digits, n_tasks=4, seed=2)
+    calls = []
+    real = torch.index_select
+    monkeypatch.setattr(torch, "index_select", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = cl.MLP(64, (16,), 10)
+    first = cl.evaluate(model, stream, 3)
+    n = len(calls)
+    assert cl.evaluate(model, stream, 3) == first and len(calls) == n  # the second pass permutes nothing
+    for t in stream:
+        assert torch.equal(t.x_test, digits.x_test[:, t.perm])
+    one = stream[0].x_test.numel() * 4
+    memo = stream[0]._memo
+    memo.budget, memo.slots = 2 * one, {}
+    cl.evaluate(model, stream, 3)
+    kept = [k for k in memo.slots if k[0] == "test"]
+    assert len(kept) == 2  # the budget holds two test sets; the oldest were dropped
