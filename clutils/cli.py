@@ -493,9 +493,12 @@ def dask_executor(address: str, timeout: str = "10s"):
             client.close()
             cluster.close()
     else:
+        if not re.fullmatch(r"(tcp|tls|inproc|ucx|ws|wss)://[^\s/]+(:\d+)?/?|[A-Za-z0-9.\-]+:\d+", address):
+            raise ExperimentError(f"--scheduler {address!r} is not a scheduler address: write tcp://HOST:PORT "
+                                  f"(e.g. tcp://127.0.0.1:8786), HOST:PORT, or local:N.")
         try:
             client = distributed.Client(address, timeout=timeout)
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, ValueError, TypeError) as err:
             raise ExperimentError(
                 f"--scheduler {address!r}: cannot reach a Dask scheduler there ({type(err).__name__}: {err}). "
                 f"Start one (`dask scheduler` and `dask worker ADDRESS`), check the address (tcp://HOST:8786), "
@@ -639,6 +642,9 @@ def _run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise ExperimentError(f"--threads {args.threads}: give at least 1.")
     out = args.out or Path("results") / exp.path.stem
+    for part in (out, *out.parents):
+        if part.exists() and not part.is_dir():
+            raise ExperimentError(f"--out {out}: {part} is a file, not a folder; choose another --out.")
     names: dict[str, str] = {}
     for run in exp.runs:
         if names.setdefault(run.name, run.configuration) != run.configuration:

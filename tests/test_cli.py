@@ -208,3 +208,16 @@ def test_an_experiment_file_that_is_not_utf8_is_a_clear_error(tmp_path, capsys):
     p.write_bytes(TINY.encode("utf-16"))
     assert cli.main(["run", str(p), "--dry-run"]) == 2
     assert "not UTF-8 text" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--out", "FILE"], "is a file, not a folder"),
+    (["--out", "FILE/below"], "is a file, not a folder"),
+    (["--scheduler", "not an address!"], "is not a scheduler address"),
+])
+def test_out_and_scheduler_mistakes_are_clear_errors(tmp_path, capsys, args, fragment):
+    exp = write(tmp_path, TINY)
+    (tmp_path / "FILE").write_text("x")
+    args = [a.replace("FILE", str(tmp_path / "FILE")) for a in args]
+    assert cli.main(["run", str(exp), "--device", "cpu", "--no-progress", *args]) == 2
+    assert fragment in capsys.readouterr().err
