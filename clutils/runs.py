@@ -241,8 +241,8 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
     true) and ``model`` and ``strategy`` are given the trained state back from ``<fingerprint>.pt``
     (``result.model_restored``).  ``keep_model=True`` (the default) keeps the final weights there, and
     a record cached without them (by ``keep_model=False``, as sweeps do) is trained once more to keep
-    them; ``keep_model=False`` returns a record alone.  An unfinished run resumes.  ``stop_after_task`` ends the run early (as a kill would), leaving the
-    checkpoint behind.
+    them; ``keep_model=False`` returns a record alone.  An unfinished run resumes.
+    ``stop_after_task`` ends the run early (as a kill would), leaving the checkpoint behind.
     """
     strategy = _check_strategy(strategy)
     cfg = TrainConfig() if cfg is None else cfg
