@@ -36,6 +36,14 @@ class Interval:
     level: float = 0.95
     n_pos: int | None = None
     n_neg: int | None = None
+    sd: float = float("nan")
+
+    @property
+    def p_value(self) -> float:
+        """Two-sided p of the one-sample (for ``paired``: paired) t-test of mean = 0; nan without a spread."""
+        if self.n < 2 or not self.sd > 0:
+            return float("nan")
+        return float(2 * _st.t.sf(abs(self.mean) / (self.sd / math.sqrt(self.n)), self.n - 1))
 
     @property
     def verdict(self) -> str:
@@ -84,10 +92,11 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
-def pm(values: Sequence[float], digits: int = 1) -> str:
-    """'mean ± sd' over seeds (just the mean for one seed)."""
+def pm(values: Sequence[float], digits: int = 1, show_n: bool = False) -> str:
+    """'mean ± sd' over seeds (just the mean for one seed); ``show_n`` appends '(n=5)'."""
     m, sd = mean_sd(values)
-    return f"{m:.{digits}f}" if math.isnan(sd) else f"{m:.{digits}f} ± {sd:.{digits}f}"
+    s = f"{m:.{digits}f}" if math.isnan(sd) else f"{m:.{digits}f} ± {sd:.{digits}f}"
+    return f"{s} (n={len(_values(values, 'values'))})" if show_n else s
 
 
 def interval(values: Sequence[float], level: float = 0.95) -> Interval:
@@ -97,8 +106,9 @@ def interval(values: Sequence[float], level: float = 0.95) -> Interval:
     m, n = float(v.mean()), len(v)
     if n < 2:
         return Interval(m, float("nan"), float("nan"), n, level)
-    half = float(_st.t.ppf((1 + level) / 2, n - 1)) * float(v.std(ddof=1)) / math.sqrt(n)
-    return Interval(m, m - half, m + half, n, level)
+    sd = float(v.std(ddof=1))
+    half = float(_st.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    return Interval(m, m - half, m + half, n, level, sd=sd)
 
 
 def paired(a: Sequence[float] | Mapping, b: Sequence[float] | Mapping, level: float = 0.95) -> Interval:
@@ -119,7 +129,7 @@ def paired(a: Sequence[float] | Mapping, b: Sequence[float] | Mapping, level: fl
         raise ValueError(f"paired: a has {len(va)} values and b {len(vb)}; pair them seed by seed")
     d = va - vb
     r = interval(d, level)
-    return Interval(r.mean, r.low, r.high, r.n, level, int((d > 0).sum()), int((d < 0).sum()))
+    return Interval(r.mean, r.low, r.high, r.n, level, int((d > 0).sum()), int((d < 0).sum()), r.sd)
 
 
 def welch_from_summary(mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b: float, n_b: int,

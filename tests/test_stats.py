@@ -23,6 +23,8 @@ def test_paired_endpoints_are_where_the_paired_t_test_reaches_p_005():
     assert st.ttest_rel(a - r.low, b).pvalue == pytest.approx(0.05, abs=1e-9)
     assert st.ttest_rel(a - r.high, b).pvalue == pytest.approx(0.05, abs=1e-9)
     assert r.n_pos == int((a > b).sum()) and r.n_pos + r.n_neg == 7
+    assert r.p_value == pytest.approx(st.ttest_rel(a, b).pvalue, rel=1e-10)
+    assert r.sd == pytest.approx(np.std(a - b, ddof=1))
 
 
 def test_paired_pairs_mappings_by_seed_and_skips_missing():
@@ -58,6 +60,8 @@ def test_verdict_and_format_follow_the_interval():
     assert mixed.verdict == "indistinguishable"
     assert stats.interval([4.0]).format().startswith("+4.00 (n=1")
     assert stats.pm([1.0, 2.0, 3.0]) == "2.0 ± 1.0" and stats.pm([7.0]) == "7.0"
+    assert stats.pm([1.0, 2.0, 3.0], 2, show_n=True) == "2.00 ± 1.00 (n=3)"
+    assert math.isnan(stats.paired([1.0, 2.0], [0.0, 1.0]).p_value)  # no spread, no test
 
 
 @pytest.mark.parametrize("call, fragment", [
