@@ -185,6 +185,32 @@ def test_a_cache_hit_gives_back_the_trained_model_and_strategy(tmp_path):
     assert cl.evaluate(mb, stream.to("cpu"), 1) == a.acc[-1]
 
 
+class _TaskLog(cl.Strategy):
+    """Records the task index after each task; its log is extra state, so it travels with the weights."""
+    name = "tasklog"
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[int] = []
+
+    def after_task(self, model, stream, t):
+        self.seen.append(t)
+
+    def get_extra_state(self):
+        return {"seen": self.seen}
+
+    def set_extra_state(self, state):
+        self.seen = list(state["seen"])
+
+
+def test_a_strategys_extra_state_comes_back_inside_compose_on_a_cache_hit(tmp_path):
+    stream = _split(_dataset())
+    _run(stream, tmp_path, strategy=cl.Compose(cl.MAS(0.1), _TaskLog()))
+    log = _TaskLog()
+    b, _ = _run(stream, tmp_path, strategy=cl.Compose(cl.MAS(0.1), log))
+    assert b.from_cache and b.model_restored and log.seen == [0, 1]
+
+
 def test_keep_model_false_writes_no_weights(tmp_path):
     stream = _split(_dataset())
     _run(stream, tmp_path, keep_model=False)
