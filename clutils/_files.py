@@ -24,11 +24,16 @@ class DiskFullError(OSError):
     """No space left on the device that holds a run's output."""
 
 
-def _explain(err: OSError, path: Path) -> OSError:
-    if err.errno == errno.ENOSPC or "unexpected pos" in str(err) or "No space left" in str(err):
+def _full_disk(err: BaseException) -> bool:
+    """ENOSPC, or torch.save's RuntimeError on a full disk ("unexpected pos ...")."""
+    return getattr(err, "errno", None) == errno.ENOSPC or any(m in str(err) for m in ("No space left", "unexpected pos"))
+
+
+def _explain(err: BaseException, path: Path) -> BaseException:
+    if _full_disk(err):
         return DiskFullError(errno.ENOSPC, f"no space left on device: {path.parent} (writing {path.name}). Free "
                              f"some space or point the run at another folder; the files written before are kept.")
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return PermissionError(err.errno, f"cannot write {path} ({err.strerror}): the folder is read-only or not "
                                f"yours. Fix its permissions or choose another folder.")
     return err
@@ -55,10 +60,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         os.replace(tmp, path)
     except BaseException as err:
         _remove(tmp)
-        if isinstance(err, OSError):
+        if isinstance(err, OSError) or _full_disk(err):
             raise _explain(err, path) from None
-        if isinstance(err, RuntimeError) and ("unexpected pos" in str(err) or "No space" in str(err)):
-            raise _explain(OSError(errno.ENOSPC, str(err)), path) from None  # torch.save on a full disk
         raise
     return path
 
@@ -126,10 +129,20 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS: dict[str, list] = {}  # key -> [lock, number of threads holding or waiting]; dropped at 0
 _GUARD = threading.Lock()
 
 
+@contextlib.contextmanager
 def _thread_lock(key: str):
     with _GUARD:
-        return _THREAD_LOCKS.setdefault(key, threading.Lock())
+        entry = _THREAD_LOCKS.setdefault(key, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0]:
+            yield
+    finally:
+        with _GUARD:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _THREAD_LOCKS[key]

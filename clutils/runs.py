@@ -191,7 +191,7 @@ def _check_state(state: dict, model: nn.Module, strategy: Strategy, n_tasks: int
 # ----------------------------------------------------------------------------- the final model
 
 def _final_state(model: nn.Module, strategy: Strategy, config: dict) -> dict:
-    return {"config": normalised(config), "model": model.state_dict(), "strategy": strategy.state_dict(),
+    return {"config": config, "model": model.state_dict(), "strategy": strategy.state_dict(),
             "requires_grad": [p.requires_grad for p in model.parameters()]}
 
 
@@ -258,7 +258,8 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
                       "select_epoch='val' to choose an epoch.", stacklevel=2)
     _check_model_fits(model, stream)
     dev = resolve_device(device)
-    config = run_config(model, stream, strategy, cfg)  # before anything moves: digests are kept per tensor
+    config = normalised(run_config(model, stream, strategy, cfg))  # before anything moves (digests are kept
+    # per tensor), and once in the form that stored copies read back as
     key = fingerprint(config)
     if cache_dir is not None and (Path(cache_dir) / f"{key}.json").is_file() and not os.access(cache_dir, os.W_OK):
         # a read-only cache that holds this run: reading needs no write permission (and no lock)
@@ -275,9 +276,8 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
 
 def _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_dir, keep_model, progress,
          stop_after_task) -> RunResult:
-    """The cache, or the checkpoint, or training; then the record (``train_stream`` checked everything)."""
-    model.to(dev)
-    strategy.to(dev)
+    """The cache, or the checkpoint, or training; then the record (``train_stream`` checked everything;
+    ``config`` is normalised)."""
     if cache_dir is not None:
         cached = load_cached(Path(cache_dir) / f"{key}.json", config)
         weights = Path(cache_dir) / f"{key}.pt"
@@ -293,6 +293,8 @@ def _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_d
             return cached  # the record alone was asked for; model keeps its initial weights
         # a record without its weights, and the model asked for: train it again (once) to keep them
         checkpoint_dir = checkpoint_dir or Path(cache_dir) / key
+    model.to(dev)
+    strategy.to(dev)
     if stream[0].device != dev:
         stream = stream.to(dev)
     ckpt = Checkpointer(checkpoint_dir, config) if checkpoint_dir is not None else None
@@ -333,7 +335,7 @@ def _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_d
                 break
     timings["total_s"] = float(sum(timings["train_s"]) + sum(timings["importance_s"]) + sum(timings["eval_s"]))
     timings["device"] = str(dev)
-    result = RunResult(config=normalised(config), acc=acc, val_acc=val_acc, timings=timings, curves=curves)
+    result = RunResult(config=config, acc=acc, val_acc=val_acc, timings=timings, curves=curves)
     if cache_dir is not None and len(acc) == T:
         if keep_model:  # the weights first: a record on disk means its model is there too
             final = _final_state(model, strategy, config)

@@ -380,3 +380,20 @@ def test_a_read_only_cache_that_holds_the_run_is_read(tmp_path, monkeypatch):
     b, mb = _run(stream, tmp_path, strategy=cl.L2(1.0))
     assert b.from_cache and b.model_restored and b.acc == a.acc
     assert not list(tmp_path.glob("*.lock"))
+
+
+def test_the_fingerprint_of_a_config_and_of_its_stored_form_agree():
+    stream = _split(_dataset())
+    cl.seed_everything(0)
+    m = cl.MLP(stream.n_features, (8,), stream.n_outputs, stream.n_heads)
+    config = run_config(m, stream, cl.Compose(cl.EWC(3.0), cl.SSL("slnid", 1e-3)), CFG)
+    stored = json.loads(json.dumps(config, sort_keys=True, default=str))  # as a record reads back
+    assert fingerprint(stored) == fingerprint(config)
+
+
+def test_the_in_process_lock_table_does_not_grow_with_the_runs(tmp_path):
+    from clutils import _files
+    for i in range(50):
+        with _files.run_lock(tmp_path / f"{i}.lock"):
+            pass
+    assert _files._THREAD_LOCKS == {}
