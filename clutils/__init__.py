@@ -23,6 +23,6 @@ from .plotting import plot_accuracy_matrix, plot_task_curves, plot_training_curv
 from .results import CacheError, RunResult
 from .baselines import count_parameters, memory_cost, separate_models
 from .sweeps import RunFailure, RunSpec, best_value, run_many, run_seeds, sweep, sweep_table
-from . import stats, toy
+from . import stats, toy, tuning
 from .training import NonFiniteLossError, TrainConfig, evaluate, resolve_device, seed_everything, train_step, train_tasks
 from .runs import FINGERPRINT_VERSION, train_stream
