@@ -195,6 +195,10 @@ def test_report_covers_the_experiment_s_runs_and_names_what_it_left_out(tmp_path
     (lambda t: t.replace('kind = "permuted"\ndataset = "digits"\nn_tasks = 2',
                          'kind = "disjoint"\ndataset = "digits"\ngroups = [[0, 1], [11]]'), "classes [11] do not exist"),
     (lambda t: t.replace("epochs = 1", "epochs = [1, 1, 1]"), "epochs lists 3 values for 2 tasks"),
+    # grid values are checked as values, not only for type: each run's configuration is built first
+    (lambda t: t + '"stream.scenario" = ["domain", "bogus"]\n', "unknown scenario 'bogus'"),
+    (lambda t: t.replace('"l2.lam" = [0.1, 1.0]', '"l2.lam" = [0.1, -1.0]'), "must be non-negative"),
+    (lambda t: t + '"train.lr" = [0.1, -2.0]\n', "lr must be > 0"),
 ])
 def test_the_file_check_builds_every_stream_before_the_first_run(tmp_path, edit, fragment, capsys):
     exp = write(tmp_path, edit(TINY))
