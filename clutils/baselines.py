@@ -43,14 +43,15 @@ def _single_task_stream(stream: Stream, j: int) -> Stream:
 
 def separate_models(make_model: Callable[[], nn.Module], stream: Stream, cfg: TrainConfig | None = None, *,
                     device: str = "auto", progress: bool = False,
-                    cache_dir: str | Path | None = None) -> RunResult:
+                    cache_dir: str | Path | None = None, keep_model: bool = False) -> RunResult:
     """Train one fresh model per task (``make_model()`` builds it: one head of ``stream.n_outputs``).
 
     Models are built in task order before any training, so a seeded caller gets the same
     models every time.  Returns a :class:`RunResult` whose ``R`` has the structure above;
     ``extras["n_parameters"]`` holds the parameters of all the models together.
     ``cache_dir``: each model's one-task run goes through the result cache of :func:`train_stream`
-    (fingerprinted by its task, initial weights and settings), so a repeated call trains nothing.
+    (fingerprinted by its task, initial weights and settings), so a repeated call trains nothing;
+    ``keep_model`` keeps each model's weights there too (records alone by default, as sweeps do).
     """
     cfg = cfg or TrainConfig()
     if stream.scenario == "class":
@@ -69,7 +70,8 @@ def separate_models(make_model: Callable[[], nn.Module], stream: Stream, cfg: Tr
         m.to(dev)
         init_acc.append(evaluate(m, sub.to(dev), 0, cfg.eval_batch_size)[0])
         cfg_j = dataclasses.replace(cfg, epochs=cfg.epochs_for(j), eval_every_epoch=False)
-        r = train_stream(m, sub, Naive(), cfg_j, device=dev, progress=progress, cache_dir=cache_dir)
+        r = train_stream(m, sub, Naive(), cfg_j, device=dev, progress=progress, cache_dir=cache_dir,
+                         keep_model=keep_model)
         final_acc.append(r.acc[0][0])
         timings["train_s"] += r.timings["train_s"]
         timings["eval_s"] += r.timings["eval_s"]

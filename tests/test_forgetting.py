@@ -86,6 +86,7 @@ def test_separate_models_cache_reuses_each_task_run_and_gives_the_same_matrix(di
 
     plain, first, second = once(None), once(tmp_path), once(tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == len(stream)  # one cached run per task's model
+    assert not list(tmp_path.glob("*.pt"))  # records only: the matrix needs no weights back
     assert np.array_equal(first.R, plain.R) and np.array_equal(second.R, plain.R)
     assert second.timings["train_s"] == first.timings["train_s"]  # loaded (a retrained run would time anew)
     seed_everything(4)  # other initial weights: other fingerprints, nothing reused
