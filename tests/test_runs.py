@@ -309,6 +309,53 @@ def test_a_full_disk_is_named_and_leaves_no_temporary_file(tmp_path, monkeypatch
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
+class _Counting(cl.Strategy):
+    name = "counting"
+
+    def __init__(self):
+        super().__init__()
+        self.tasks_started = 0
+
+    def before_task(self, model, stream, t):
+        self.tasks_started += 1
+
+
+def test_too_little_free_space_is_refused_before_any_training(tmp_path, monkeypatch):
+    from collections import namedtuple
+    from clutils import _files, runs
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(runs.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 50_000, 50_000))
+    s = _Counting()
+    with pytest.raises(_files.DiskFullError, match=r"no space left on device: .* MiB free .* writes about"):
+        _run(_split(_dataset()), tmp_path / "cache", strategy=s)
+    assert s.tasks_started == 0 and not list((tmp_path / "cache").glob("*.json"))
+    monkeypatch.undo()  # room again: the same run trains
+    r, _ = _run(_split(_dataset()), tmp_path / "cache", strategy=_Counting())
+    assert not r.from_cache and len(r.acc) == 2
+
+
+def test_a_folder_that_turns_read_only_mid_run_is_named_and_the_finished_tasks_kept(tmp_path, monkeypatch):
+    """Before task 2's checkpoint the folder refuses writes (EROFS): a clear PermissionError, not torch's."""
+    import errno
+    import tempfile as tf
+    from clutils import _files
+
+    class ReadOnlyAfterFirst(cl.Strategy):
+        name = "ro"
+
+        def after_task(self, model, stream, t):
+            if t == 1:  # after task 2 trained, before its checkpoint is written
+                def refuse(*a, **k):
+                    raise OSError(errno.EROFS, "Read-only file system")
+                monkeypatch.setattr(_files.tempfile, "mkstemp", refuse)
+
+    ck = tmp_path / "ck"
+    with pytest.raises(PermissionError, match=r"cannot write .*ck.*read-only"):
+        _run(_split(_dataset()), None, strategy=ReadOnlyAfterFirst(), checkpoint_dir=ck)
+    monkeypatch.setattr(_files.tempfile, "mkstemp", tf.mkstemp)
+    assert (ck / "checkpoint.pt").is_file()  # task 1's checkpoint was written before the folder changed
+
+
 def test_a_record_without_weights_is_trained_once_more_when_the_model_is_asked_for(tmp_path):
     stream = _split(_dataset())
     a, _ = _run(stream, tmp_path, strategy=cl.L2(1.0), keep_model=False)  # a sweep's run: the record only
