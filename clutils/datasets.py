@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ._checks import check_name, resolve_device
 
-__all__ = ["DATASETS", "ENV_VAR", "Dataset", "data_root", "load_dataset"]
+__all__ = ["DATASETS", "ENV_VAR", "Dataset", "clear_cache", "data_root", "load_dataset"]
 DATASETS = ("mnist", "fashion_mnist", "digits")
 ENV_VAR = "CLUTILS_DATA"
 
@@ -172,6 +172,12 @@ def _remove_empty(folders: Sequence[Path]) -> None:
             d.rmdir()
         except OSError:
             pass  # not empty (a partial download the user may want to see) or already gone
+
+
+def clear_cache() -> None:
+    """Forget the data sets loaded so far in this process (``load_dataset`` keeps the last four in memory),
+    e.g. after the files under the data root changed."""
+    _load_cpu.cache_clear()
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Dataset:

@@ -378,7 +378,9 @@ class SSL(Strategy):
                              f"(indices 0..{n_layers - 1}).")
         return ids
 
-    def _weight(self, l: int, h: Tensor) -> Tensor:
+    def pair_weights(self, l: int, h: Tensor) -> Tensor:
+        """The (N, N) pair weights the penalty puts on layer ``l`` for activations ``h`` of N neurons: the
+        Gaussian neighbourhood times the importance discount (kept until the importance changes)."""
         w = self._w.get(l)
         if w is None or w.device != h.device or w.dtype != h.dtype or w.shape[0] != h.shape[1]:
             n = h.shape[1]
@@ -399,7 +401,7 @@ class SSL(Strategy):
             return scale * sum(l1_rep(h) for h in hs)
         if self.method == "decov":
             return scale * sum(decov(h) for h in hs)
-        ws = [self._weight(l, h) for l, h in zip(self._layer_ids(len(hidden)), hs)]
+        ws = [self.pair_weights(l, h) for l, h in zip(self._layer_ids(len(hidden)), hs)]
         return _coactivation(hs, ws, scale / hs[0].shape[0])
 
     def regulariser(self, hidden: list[Tensor]) -> Tensor | None:

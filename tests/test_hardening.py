@@ -155,7 +155,7 @@ def test_damaged_mnist_file_is_named_with_what_to_do(tmp_path, damage, fragment)
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     (raw / LABELS).write_bytes(_label_file_variants(raw)[damage])
-    cldata._load_cpu.cache_clear()
+    cldata.clear_cache()
     with pytest.raises(ValueError) as err:
         cl.load_dataset("mnist", root=tmp_path)
     msg = str(err.value)
@@ -178,7 +178,7 @@ def test_failed_mnist_download_leaves_no_empty_folders(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
     root = tmp_path / "fresh"
-    cldata._load_cpu.cache_clear()
+    cldata.clear_cache()
     check(lambda: cl.load_dataset("mnist", root=root), FileNotFoundError, "could not be downloaded")
     assert not root.exists()
     (tmp_path / "kept").mkdir()  # a folder the user made stays; only the created ones go

@@ -224,8 +224,7 @@ def test_large_importance_gives_zero_weights_not_subnormal_ones():
     hs = [torch.relu(torch.randn(8, 16))]
     ssl = SSL("slnid", 1.0)
     ssl.load_state_dict({"alpha.layer0": torch.linspace(0, 120, 16)})
-    ssl.penalty(None, 1, hs)
-    w = ssl._w[0]
+    w = ssl.pair_weights(0, hs[0])
     tiny = torch.finfo(torch.float32).tiny
     assert not bool(((w > 0) & (w < tiny)).any())
     assert w[0, 1].item() > 0 and w[14, 15].item() == 0.0
