@@ -76,3 +76,35 @@ def test_a_glued_mean_over_seeds_gives_its_sd_and_count(tmp_path):
                    'glue = "m"\nglue_sd = "m_sd"\n')
     with pytest.raises(ValueError, match="glue_sd and glue_n come together"):
         rp.load_registry(bad)
+
+
+def _mnist_or_skip():
+    import clutils as cl
+    from clutils.datasets import data_root
+    if not (data_root() / "MNIST" / "raw").is_dir():
+        pytest.skip("real MNIST not available (set CLUTILS_DATA)")
+    return cl.load_dataset("mnist")
+
+
+def test_a_registry_row_is_recomputed_from_a_fresh_run_of_the_chapters_recipe():
+    """hsu-split-domain-si, seed 0, built as chapter 5 builds it: the recipe must still name the committed
+    run (same fingerprint), and training it afresh must give that run's accuracy matrix again -- so the
+    row fails when the code that computes it changes, not only when committed files do."""
+    import numpy as np
+    import clutils as cl
+    from clutils.datasets import padded
+    from clutils.runs import fingerprint, run_config
+    from clutils.checkpoint import normalised
+
+    (row,) = [r for r in TABLE if r["id"] == "hsu-split-domain-si"]
+    stream = cl.make_stream("split", padded(_mnist_or_skip()), scenario="domain")
+    cfg = cl.TrainConfig(epochs=4, batch_size=128, lr=1e-3, optimizer="adam", seed=0)
+    cl.seed_everything(0)
+    model = cl.MLP(stream.n_features, [400, 400], stream.n_outputs, stream.n_heads)
+    key = fingerprint(normalised(run_config(model, stream, cl.SI(3000.0), cfg)))
+    committed = rp.ROOT / row["results"] / f"{key}.json"
+    assert committed.is_file(), f"chapter 5's recipe no longer names a committed run ({key}): re-execute chapter 5"
+    fresh = cl.train_stream(model, stream, cl.SI(3000.0), cfg, device="cpu", progress=False)
+    stored = cl.RunResult.load(committed)
+    assert np.abs(fresh.R - stored.R).max() < 0.005  # within half a point on every entry (other CPUs round differently)
+    assert any(abs(100 * stored.summary()["acc"] - v) < 1e-9 for v in rp.ours(row))  # one of the row's seeds
