@@ -10,6 +10,7 @@ checkpoints -- lives in :mod:`clutils.runs`, whose :func:`~clutils.runs.train_st
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -233,8 +234,9 @@ def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: Train
         strategy.load_state_dict(best_state[1])
 
 
-def _snapshot(module: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+def _snapshot(module: nn.Module) -> dict:
+    """A copy of ``module``'s state: tensors cloned, anything else (a strategy's extra state) deep-copied."""
+    return {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in module.state_dict().items()}
 
 
 def _raise_non_finite(model: nn.Module, stream: Stream, cfg: TrainConfig, t: int, epoch: int, loss_sum: Tensor,

@@ -211,6 +211,19 @@ def test_a_strategys_extra_state_comes_back_inside_compose_on_a_cache_hit(tmp_pa
     assert b.from_cache and b.model_restored and log.seen == [0, 1]
 
 
+def test_select_epoch_snapshots_a_strategy_with_extra_state(tmp_path):
+    """select_epoch copies the strategy's state each better epoch; extra state (a log) is copied too, and
+    the log of the kept epoch is the one restored."""
+    ds = _dataset()
+    stream = cl.make_stream("split", ds, scenario="task", classes_per_task=2, val_fraction=0.25)
+    cfg = cl.TrainConfig(epochs=3, batch_size=32, lr=0.05, select_epoch="val")
+    cl.seed_everything(0)
+    log = _TaskLog()
+    r = cl.train_stream(cl.MLP(stream.n_features, (8,), stream.n_outputs, stream.n_heads), stream,
+                        cl.Compose(cl.MAS(0.1), log), cfg, device="cpu", progress=False)
+    assert len(r.acc) == 2 and log.seen == [0, 1]
+
+
 def test_keep_model_false_writes_no_weights(tmp_path):
     stream = _split(_dataset())
     _run(stream, tmp_path, keep_model=False)
