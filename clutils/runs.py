@@ -19,6 +19,7 @@ own code computes, raised by hand when a change alters a run's numbers, and only
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -196,18 +197,18 @@ def _check_free_space(model: nn.Module, strategy: Strategy, folders) -> None:
     """Before training: each output folder must have room for what the run will write there.
 
     A checkpoint (and the final ``.pt``) holds the model and the strategy's state, which for the
-    consolidation methods is an importance and an anchor per parameter: about three models; while it
-    is written, the old file and its temporary copy both exist.  So a folder needs 2 x 3 x the
-    model's size (at least), plus 1 MiB for records.  Measured, not guessed: a full disk found after
-    an hour of training loses the hour.
+    consolidation methods grows to an importance and an anchor per parameter (about two more models);
+    while it is written, the old file and its temporary copy both exist.  So a folder needs
+    2 x (3 x the model's size + the strategy's state now), plus 1 MiB for records: an estimate, made so
+    that a full disk is found before an hour of training rather than after it.
     """
-    need = 2 * (3 * _state_bytes(model) + max(_state_bytes(strategy), 0)) + 2 ** 20
+    need = 2 * (3 * _state_bytes(model) + _state_bytes(strategy)) + 2 ** 20
     for folder in folders:
         if folder is None:
             continue
         free = shutil.disk_usage(folder).free
         if free < need:
-            raise DiskFullError(28, f"no space left on device: {folder} has {free / 2 ** 20:.1f} MiB free and this run "
+            raise DiskFullError(errno.ENOSPC, f"no space left on device: {folder} has {free / 2 ** 20:.1f} MiB free and this run "
                                     f"writes about {need / 2 ** 20:.1f} MiB there (checkpoints of the model and the "
                                     f"strategy's state). Free some space or point the run at another folder.")
 
