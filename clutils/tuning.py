@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from ._checks import check_int, check_positive_float
 
-__all__ = ["Tuning", "Tuning2D", "bracket", "bracket_2d", "tune"]
+__all__ = ["Scorer", "Tuning", "Tuning2D", "bracket", "bracket_2d", "tune", "tune_2d"]
 
 
 @dataclass
@@ -144,6 +144,7 @@ class Tuning2D:
     interior: tuple[bool, bool]
     extensions: int = 0
     bounds: list[str] = field(default_factory=list)
+    runs: dict = field(default_factory=dict)  # (a, b) -> the runs behind its score (filled by tune_2d)
 
     def table(self) -> list[dict]:
         return [{"a": a, "b": b, "score": s, "chosen": (a, b) == self.best} for (a, b), s in sorted(self.scores.items())]
@@ -188,12 +189,59 @@ def bracket_2d(score: Callable[[float, float], float | None], a: float, b: float
             break
         ca, cb = ca + ka, cb + kb
         extensions += 1
-    va = sorted({k[0] for k, s in ok.items() if k[1] == best[1]})
-    vb = sorted({k[1] for k, s in ok.items() if k[0] == best[0]})
-    interior = (0 < va.index(best[0]) < len(va) - 1, 0 < vb.index(best[1]) < len(vb) - 1)
+    interior = []
+    for ax in (0, 1):  # along each axis through the best pair: a finite neighbour on both sides?
+        line = sorted((k for k in scores if k[1 - ax] == best[1 - ax]), key=lambda k: k[ax])
+        i = line.index(best)
+        lo_ok, hi_ok = any(_ok(scores[k]) for k in line[:i]), any(_ok(scores[k]) for k in line[i + 1:])
+        interior.append(lo_ok and hi_ok)
+        for side_ok, j in ((lo_ok, i - 1), (hi_ok, i + 1)):
+            if not side_ok and 0 <= j < len(line) and scores[line[j]] is None:
+                bounds.append(f"diverged at {line[j]}")
+    interior, bounds = tuple(interior), list(dict.fromkeys(bounds))
     if not all(interior) and not bounds:
         bounds.append("budget")
     return Tuning2D(scores, best, interior, extensions, bounds)
+
+
+class Scorer:
+    """``score(*values)``: the mean over tuning ``seeds`` of the validation ``metric`` after the last task of
+    ``make_strategy(*values)``, ``None`` when a run diverged. ``runs[values]``: the runs behind each score.
+    What :func:`tune` and :func:`tune_2d` bracket; built once, the checks run before any training."""
+
+    def __init__(self, make_strategy, make_model, stream, cfg, seeds: Sequence[int], *, reported_seeds: Sequence[int] = (),
+                 metric: str = "acc", device: str = "auto", cache_dir=None, executor=None):
+        self.seeds = [check_int(s, "every tuning seed") for s in seeds]
+        if not self.seeds:
+            raise ValueError("tuning needs at least one tuning seed, e.g. seeds=[100, 101]")
+        shared = sorted(set(self.seeds) & {check_int(s, "every reported seed") for s in reported_seeds})
+        if shared:
+            raise ValueError(f"tuning seeds {shared} are also reported seeds: a choice made on them would be tested on "
+                             f"them. Tune on other seeds (e.g. {[100 + i for i in range(len(self.seeds))]}).")
+        tasks = stream.values() if isinstance(stream, dict) else [stream]  # a dict: one stream per seed
+        if not all(getattr(s, "has_val", False) for s in tasks):
+            raise ValueError("tuning scores on validation data, and the stream has none: "
+                             "make_stream(..., val_fraction=0.1)")
+        if metric not in ("acc", "forgetting", "bwt", "learning_acc"):
+            raise ValueError(f"metric must be one of acc, forgetting, bwt, learning_acc (of summary('val')), got {metric!r}")
+        self.make_strategy, self.make_model, self.stream, self.cfg = make_strategy, make_model, stream, cfg
+        self.metric, self.device, self.cache_dir, self.executor = metric, device, cache_dir, executor
+        self.runs: dict[tuple, list] = {}
+
+    def __call__(self, *values: float) -> float | None:
+        from .sweeps import RunFailure, run_seeds
+        from .training import NonFiniteLossError
+
+        rs = run_seeds(lambda: self.make_strategy(*values), self.make_model, self.stream, self.cfg, self.seeds,
+                       device=self.device, cache_dir=self.cache_dir, executor=self.executor, on_error="return")
+        self.runs[values] = rs
+        for r in rs:
+            if isinstance(r, RunFailure):
+                if isinstance(r.exception, NonFiniteLossError) or r.error.startswith("NonFiniteLossError"):
+                    return None
+                raise RuntimeError(f"tuning {values}: {r}") from r.exception
+        sign = -1.0 if self.metric == "forgetting" else 1.0  # higher is better
+        return sign * sum(r.summary("val")[self.metric] for r in rs) / len(rs)
 
 
 def tune(make_strategy: Callable[[float], "Strategy"], make_model: Callable[[], "nn.Module"], stream, cfg, grid: Sequence[float],
@@ -206,31 +254,20 @@ def tune(make_strategy: Callable[[float], "Strategy"], make_model: Callable[[], 
     run diverged on any seed scores ``None``, a bound. ``reported_seeds``: the seeds the chapter reports,
     which must not take part in a choice (an overlap is refused). Runs go through the result cache.
     """
-    from .sweeps import RunFailure, run_seeds
-    from .training import NonFiniteLossError
-
-    seeds = [check_int(s, "every tuning seed") for s in seeds]
-    if not seeds:
-        raise ValueError("tune needs at least one tuning seed, e.g. seeds=[100, 101]")
-    shared = sorted(set(seeds) & {check_int(s, "every reported seed") for s in reported_seeds})
-    if shared:
-        raise ValueError(f"tuning seeds {shared} are also reported seeds: a choice made on them would be tested on "
-                         f"them. Tune on other seeds (e.g. {[100 + i for i in range(len(seeds))]}).")
-    if not (stream.has_val if hasattr(stream, "has_val") else True):
-        raise ValueError("tune scores on validation data, and the stream has none: make_stream(..., val_fraction=0.1)")
-    runs: dict[float, list] = {}
-
-    def score(value: float) -> float | None:
-        rs = run_seeds(lambda: make_strategy(value), make_model, stream, cfg, seeds, device=device,
-                       cache_dir=cache_dir, executor=executor, on_error="return")
-        runs[value] = rs
-        for r in rs:
-            if isinstance(r, RunFailure):
-                if isinstance(r.exception, NonFiniteLossError) or r.error.startswith("NonFiniteLossError"):
-                    return None
-                raise RuntimeError(f"tuning {value:g}: {r}") from r.exception
-        return sum(r.summary("val")[metric] for r in rs) / len(rs)
-
+    score = Scorer(make_strategy, make_model, stream, cfg, seeds, reported_seeds=reported_seeds, metric=metric,
+                   device=device, cache_dir=cache_dir, executor=executor)
     t = bracket(score, grid, **bracket_kw)
-    t.runs = runs
+    t.runs = {v[0]: rs for v, rs in score.runs.items()}
+    return t
+
+
+def tune_2d(make_strategy: Callable[[float, float], "Strategy"], make_model: Callable[[], "nn.Module"], stream, cfg,
+            a: float, b: float, seeds: Sequence[int], *, reported_seeds: Sequence[int] = (), metric: str = "acc",
+            device: str = "auto", cache_dir=None, executor=None, **bracket_kw) -> Tuning2D:
+    """:func:`bracket_2d` over ``make_strategy(a, b)`` around the one-dimensional choices (a, b), scored
+    like :func:`tune` (the mean validation ``metric`` of the tuning seeds)."""
+    score = Scorer(make_strategy, make_model, stream, cfg, seeds, reported_seeds=reported_seeds, metric=metric,
+                   device=device, cache_dir=cache_dir, executor=executor)
+    t = bracket_2d(score, a, b, **bracket_kw)
+    t.runs = dict(score.runs)  # (a, b) -> runs
     return t

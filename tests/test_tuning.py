@@ -129,3 +129,37 @@ def test_tune_treats_a_diverged_run_as_the_bound(tmp_path):
     # an L2 spring with lr·λ > 2 oscillates off to infinity: λ = 1e4 diverges and scores None, not a crash
     assert t.scores[1e4] is None and t.best < 1e4
     assert 10.0 in t.scores  # the search looked between the diverged value and the finite one
+
+
+def test_a_pair_next_to_a_diverged_one_is_an_edge_named_by_the_divergence():
+    # the score rises with b until b > 1e-3, where the runs diverge: the best b sits on that bound
+    def score(a, b):
+        return None if b > 1.5e-3 else -(math.log10(a)) ** 2 + math.log10(b)
+    t = bracket_2d(score, 1.0, 1e-3, step=10.0)
+    assert t.best == pytest.approx((1.0, 1e-3))
+    assert t.interior == (True, False)
+    assert t.bounds == [f"diverged at {(1.0, 1e-3 * 10.0)}"]  # not "budget": the search knows why it stopped
+
+
+def test_tune_2d_scores_a_pair_by_the_tuning_seeds_and_keeps_its_runs(tmp_path):
+    import clutils as cl
+    from clutils.tuning import tune, tune_2d
+    stream = _digits_stream()
+    cfg = cl.TrainConfig(epochs=1, batch_size=64, lr=0.05)
+    make_model = lambda: cl.MLP(stream.n_features, (16,), stream.n_outputs)  # noqa: E731
+    t = tune_2d(lambda lam, ssl: cl.Compose(cl.L2(lam), cl.SSL("slnid", ssl)), make_model, stream, cfg, 0.1, 1e-3,
+                seeds=[100], reported_seeds=[0], device="cpu", cache_dir=tmp_path, max_extensions=0)
+    assert len(t.scores) == 9 and set(t.runs) == set(t.scores)
+    # the centre's score is the validation ACC of the one tuning seed, the run that the 1-D tuning would make
+    one = tune(lambda lam: cl.Compose(cl.L2(0.1), cl.SSL("slnid", lam)), make_model, stream, cfg, [1e-3, 1e-2],
+               seeds=[100], device="cpu", cache_dir=tmp_path, max_extensions=0, refine=False)
+    assert t.scores[(0.1, 1e-3)] == one.scores[1e-3] == t.runs[(0.1, 1e-3)][0].summary("val")["acc"]
+    assert one.runs[1e-3][0].from_cache  # the same run, served by the cache
+
+
+def test_tuning_refuses_an_unknown_metric_before_training():
+    import clutils as cl
+    from clutils.tuning import tune
+    with pytest.raises(ValueError, match="metric must be one of"):
+        tune(lambda lam: cl.EWC(lam), lambda: None, _digits_stream(), cl.TrainConfig(), [1.0, 10.0], seeds=[100],
+             metric="accuracy")
