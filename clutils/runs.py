@@ -300,6 +300,16 @@ def train_stream(model: nn.Module, stream: Stream, strategy: Strategy | None = N
                     stop_after_task)
 
 
+def _touch(*paths: Path) -> None:
+    """Mark cache files as used (their modification time; the contents stay): files a whole chapter
+    run left untouched are the ones no run reads any more (``find -not -newer <start marker>``).
+    A read-only cache is served all the same."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if path.exists():
+                os.utime(path)
+
+
 def _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_dir, keep_model, progress,
          stop_after_task) -> RunResult:
     """The cache, or the checkpoint, or training; then the record (``train_stream`` checked everything;
@@ -314,8 +324,10 @@ def _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_d
             strategy.to(dev)
             _mark_used(strategy)
             cached.model_restored = True
+            _touch(Path(cache_dir) / f"{key}.json", weights)
             return cached
         if cached is not None and not keep_model:
+            _touch(Path(cache_dir) / f"{key}.json", weights)
             return cached  # the record alone was asked for; model keeps its initial weights
         # a record without its weights, and the model asked for: train it again (once) to keep them
         checkpoint_dir = checkpoint_dir or Path(cache_dir) / key

@@ -457,3 +457,23 @@ def test_the_in_process_lock_table_does_not_grow_with_the_runs(tmp_path):
         with _files.run_lock(tmp_path / f"{i}.lock"):
             pass
     assert _files._THREAD_LOCKS == {}
+
+
+def test_a_cache_hit_marks_its_files_used_and_leaves_their_contents(tmp_path):
+    import os
+
+    stream = _split(_dataset())
+    _run(stream, tmp_path, strategy=cl.L2(1.0))
+    _run(stream, tmp_path, strategy=cl.L2(2.0))
+    files = sorted(tmp_path.glob("*.json")) + sorted(tmp_path.glob("*.pt"))
+    assert len(files) == 4
+    before = {f: f.read_bytes() for f in files}
+    for f in files:  # an old cache: every file last written a day ago
+        os.utime(f, (os.path.getatime(f) - 86400, os.path.getmtime(f) - 86400))
+    marker = max(f.stat().st_mtime for f in files) + 1
+    b, _ = _run(stream, tmp_path, strategy=cl.L2(1.0))  # hits one run only
+    assert b.from_cache
+    used = {f.name for f in files if f.stat().st_mtime > marker}
+    key = fingerprint(b.config)
+    assert used == {f"{key}.json", f"{key}.pt"}  # the other run's two files are the stale ones
+    assert {f: f.read_bytes() for f in files} == before
