@@ -11,10 +11,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 __all__ = ["choose_profile", "glue", "prefixed_glue", "run_with_value",
            "pooled_accuracy", "write_run_record", "read_run_records", "status_markdown", "write_status_page",
-           "tagged_source", "RECORDS_DIR", "STATUS_PAGE"]
+           "tagged_source", "protocol", "read_protocols", "protocols_markdown", "write_protocols_page",
+           "RECORDS_DIR", "STATUS_PAGE", "PROTOCOLS_PAGE", "PROTOCOL_FIELDS"]
 
 RECORDS_DIR = Path("results/records")  # relative to book/ (chapters run with papermill --cwd book)
 STATUS_PAGE = "status.md"              # book/status.md, generated from the records
+PROTOCOLS_PAGE = "protocols.md"        # book/protocols.md, generated from the chapters' protocol records
+PROTOCOL_FIELDS = ("experiment", "stream", "network", "optimiser", "batch", "epochs / task", "importance samples",
+                   "strength chosen by", "validation", "seeds", "reading")  # one row of a protocol table
 UNPUBLISHED_PROFILES = ("quick",)      # test runs: written like any record, never listed on the status page
 
 
@@ -108,7 +112,7 @@ def read_run_records(directory: str | Path) -> list[dict]:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no run records in {directory}: run a chapter (papermill ... --cwd book) first.")
-    recs = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+    recs = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json")) if not p.name.endswith(".protocol.json")]
     return sorted((r for r in recs if r["profile"] not in UNPUBLISHED_PROFILES), key=lambda r: (r["chapter"], r["profile"]))
 
 
@@ -143,6 +147,76 @@ def write_status_page(book_dir: str | Path = "book") -> Path:
     return page
 
 
+# ----------------------------------------------------------------------------- protocols
+
+def _records_dir(directory) -> Path:
+    return Path(directory if directory is not None else (os.environ.get("CLUTILS_RECORDS") or RECORDS_DIR))
+
+
+def protocol(chapter: str, profile: str, rows: Sequence[Mapping[str, Any]], directory: str | Path | None = None):
+    """A chapter's protocol table: one row per experiment, the fields of :data:`PROTOCOL_FIELDS` (network,
+    optimiser, learning rate in the optimiser field, batch, epochs, importance samples, how the strength
+    was chosen, validation split, seeds, and a ``reading``: the chapter's headline number under that
+    protocol). Written to ``<directory>/<chapter>.<profile>.protocol.json`` (the records folder), from which
+    the Protocols page sets every chapter side by side; returned as a DataFrame to show in the chapter."""
+    import pandas as pd
+
+    if not chapter or "/" in chapter or not profile or "/" in profile:
+        raise ValueError(f"chapter and profile must be plain names such as '02_ewc' and 'full', got {chapter!r}, {profile!r}.")
+    rows = [dict(r) for r in rows]
+    if not rows:
+        raise ValueError("a protocol needs at least one row (one experiment)")
+    for r in rows:
+        missing = [f for f in PROTOCOL_FIELDS if f not in r]
+        extra = [f for f in r if f not in PROTOCOL_FIELDS]
+        if missing or extra:
+            raise ValueError(f"protocol row {r.get('experiment', r)!r}: " + "; ".join(
+                x for x in (f"missing {missing}" if missing else "", f"unknown {extra}" if extra else "") if x)
+                + f". The fields are {list(PROTOCOL_FIELDS)} (use '' for one that does not apply).")
+        for f in PROTOCOL_FIELDS:
+            r[f] = str(r[f])
+    path = _records_dir(directory) / f"{chapter}.{profile}.protocol.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"chapter": chapter, "profile": profile, "rows": rows}, indent=1, ensure_ascii=False) + "\n")
+    return pd.DataFrame(rows).set_index("experiment")
+
+
+def read_protocols(directory: str | Path) -> list[dict]:
+    """The published protocol records in ``directory`` (test profiles left out), sorted by chapter."""
+    recs = [json.loads(p.read_text()) for p in sorted(Path(directory).glob("*.protocol.json"))]
+    return sorted((r for r in recs if r["profile"] not in UNPUBLISHED_PROFILES), key=lambda r: r["chapter"])
+
+
+def protocols_markdown(records: Sequence[Mapping[str, Any]]) -> str:
+    """The Protocols page: every chapter's protocol rows in one table."""
+    def cell(v: str) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["# Protocols", "",
+             "The same method reads differently in different chapters because the chapters run it under different",
+             "protocols: another network, optimiser, number of epochs, importance sample, way of choosing the strength,",
+             "or number of seeds. This page sets the protocols side by side, one row per experiment, with the",
+             "chapter's headline number under it (*reading*). It is generated from the records the chapters write",
+             "when they run (`clutils.book.protocol`, then `python -m clutils.book`), and a test checks that it",
+             "matches them.", "",
+             "| chapter | " + " | ".join(PROTOCOL_FIELDS) + " |",
+             "|---|" + "---|" * len(PROTOCOL_FIELDS)]
+    for rec in records:
+        for r in rec["rows"]:
+            lines.append(f"| {{doc}}`{rec['chapter']}` | " + " | ".join(cell(r[f]) for f in PROTOCOL_FIELDS) + " |")
+    if not records:
+        lines.append("| (no protocols recorded yet) |" + " |" * len(PROTOCOL_FIELDS))
+    return "\n".join(lines) + "\n"
+
+
+def write_protocols_page(book_dir: str | Path = "book") -> Path:
+    """Regenerate ``<book_dir>/protocols.md`` from the protocol records in ``<book_dir>/results/records``."""
+    book_dir = Path(book_dir)
+    page = book_dir / PROTOCOLS_PAGE
+    page.write_text(protocols_markdown(read_protocols(book_dir / RECORDS_DIR)))
+    return page
+
+
 # ----------------------------------------------------------------------------- notebooks
 
 def tagged_source(notebook: str | Path, tag: str) -> str:
@@ -156,7 +230,8 @@ def tagged_source(notebook: str | Path, tag: str) -> str:
     return "\n\n".join(cells)
 
 
-if __name__ == "__main__":  # python -m clutils.book [BOOK_DIR]: regenerate the status page
+if __name__ == "__main__":  # python -m clutils.book [BOOK_DIR]: regenerate the status and protocols pages
     import sys
 
     print(write_status_page(sys.argv[1] if len(sys.argv) > 1 else "book"))
+    print(write_protocols_page(sys.argv[1] if len(sys.argv) > 1 else "book"))

@@ -15,6 +15,8 @@ r"""The reproductions registry: every outside number the book compares with, bes
     # ours, either from committed run records (RunResult JSON files, e.g. the result cache) ...
     results = "book/results/04_selfless"
     select = { "strategy.parts.0.name" = "mas", "strategy.parts.1.method" = "none", "model" = "*64*" }
+    # (a value is matched exactly, a string as a glob pattern, and "<default>" matches a setting left out
+    # of the config because it is at its default, e.g. "strategy.kind" = "<default>" for MAS's per-sample Ω)
     metric = "acc"                           # a RunResult.summary() key, reported x 100
     # ... or from a number a chapter glued into its committed outputs (one run):
     # notebook = "book/02_ewc.ipynb"
@@ -83,10 +85,16 @@ def _get(d: Any, dotted: str) -> Any:
     return d
 
 
+DEFAULT = "<default>"  # a select value: the setting is absent from the config, i.e. at its default
+
+
 def _matches(config: dict, select: dict) -> bool:
     for key, want in select.items():
         got = _get(config, key)
-        if isinstance(want, str) and isinstance(got, str):
+        if want == DEFAULT:  # a run's config leaves out the settings at their defaults
+            if got is not None:
+                return False
+        elif isinstance(want, str) and isinstance(got, str):
             if not fnmatch.fnmatchcase(got, want):
                 return False
         elif got != want:

@@ -59,6 +59,18 @@ def test_ours_is_the_mean_of_the_matching_runs(tmp_path):
     assert math.isclose(got["ours_sd"], 7.0710678, rel_tol=1e-6)
 
 
+def test_a_default_setting_is_selected_by_its_absence(tmp_path):
+    import clutils as cl
+
+    for i, (kind, acc) in enumerate([(None, 0.9), ("hebbian", 0.5), (None, 0.8)]):
+        strategy = {"name": "mas"} if kind is None else {"name": "mas", "kind": kind}  # configs leave defaults out
+        cl.RunResult(config={"strategy": strategy}, acc=[[acc]]).save(tmp_path / f"{i}.json")
+    row = {"id": "t", "chapter": "c", "claim": "c", "source": "s", "protocol": "p", "reference": {"mean": 85.0},
+           "tolerance": 1.0, "verdict": "reproduced", "results": ".", "select": {"strategy.kind": "<default>"}}
+    assert sorted(rp.ours(row, root=tmp_path)) == [80.0, 90.0]
+    assert rp.ours({**row, "select": {"strategy.kind": "hebbian"}}, root=tmp_path) == [50.0]
+
+
 def test_a_glued_mean_over_seeds_gives_its_sd_and_count(tmp_path):
     def out(name, value):
         return {"output_type": "display_data", "metadata": {"scrapbook": {"name": name, "mime_prefix": ""}},
