@@ -139,12 +139,16 @@ def status_markdown(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _regenerate(book_dir: str | Path, name: str, render: Callable[[Path], str]) -> Path:
+    """Write ``<book_dir>/<name>`` from ``render(<book_dir>/results/records)``."""
+    page = Path(book_dir) / name
+    page.write_text(render(Path(book_dir) / RECORDS_DIR))
+    return page
+
+
 def write_status_page(book_dir: str | Path = "book") -> Path:
     """Regenerate ``<book_dir>/status.md`` from ``<book_dir>/results/records``."""
-    book_dir = Path(book_dir)
-    page = book_dir / STATUS_PAGE
-    page.write_text(status_markdown(read_run_records(book_dir / RECORDS_DIR)))
-    return page
+    return _regenerate(book_dir, STATUS_PAGE, lambda d: status_markdown(read_run_records(d)))
 
 
 # ----------------------------------------------------------------------------- protocols
@@ -211,10 +215,7 @@ def protocols_markdown(records: Sequence[Mapping[str, Any]]) -> str:
 
 def write_protocols_page(book_dir: str | Path = "book") -> Path:
     """Regenerate ``<book_dir>/protocols.md`` from the protocol records in ``<book_dir>/results/records``."""
-    book_dir = Path(book_dir)
-    page = book_dir / PROTOCOLS_PAGE
-    page.write_text(protocols_markdown(read_protocols(book_dir / RECORDS_DIR)))
-    return page
+    return _regenerate(book_dir, PROTOCOLS_PAGE, lambda d: protocols_markdown(read_protocols(d)))
 
 
 # ----------------------------------------------------------------------------- notebooks
