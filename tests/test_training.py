@@ -179,3 +179,34 @@ def test_train_step_is_the_trainer_s_step(digits):
         strategy.after_task(model, stream, t)
         rows.append(cl.evaluate(model, stream, t))
     assert rows == ref.acc
+
+
+class _StepCount(cl.Strategy):
+    name = "stepcount"
+
+    def __init__(self):
+        super().__init__()
+        self.steps: dict[int, int] = {}
+
+    def after_step(self, model, t):
+        self.steps[t] = self.steps.get(t, 0) + 1
+
+
+def test_drop_last_skips_only_a_short_last_batch_and_stays_out_of_the_fingerprint(digits):
+    stream = cl.make_stream("split", digits, scenario="task", classes_per_task=5)
+    n = [t.n_train for t in stream]
+    batch = 64
+    assert any(k % batch for k in n)  # a short last batch exists to be dropped
+    counts = {}
+    for drop in (False, True):
+        probe = _StepCount()
+        cfg = cl.TrainConfig(epochs=2, batch_size=batch, lr=0.05, drop_last=drop)
+        cl.seed_everything(0)
+        cl.train_stream(cl.MLP(stream.n_features, (16,), stream.n_outputs, stream.n_heads), stream, probe, cfg,
+                        device="cpu", progress=False)
+        counts[drop] = probe.steps
+    assert counts[False] == {t: 2 * -(-k // batch) for t, k in enumerate(n)}  # ceil: the short batch trains
+    assert counts[True] == {t: 2 * (k // batch) for t, k in enumerate(n)}     # floor: it does not
+    assert "drop_last" not in cl.TrainConfig().to_dict() and cl.TrainConfig(drop_last=True).to_dict() == {"drop_last": True}
+    with pytest.raises(TypeError, match="drop_last must be True or False"):
+        cl.TrainConfig(drop_last=1).validate(2)
