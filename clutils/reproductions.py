@@ -9,9 +9,10 @@ r"""The reproductions registry: every outside number the book compares with, bes
     source = "paper + table / code repository + commit + how it was run"
     protocol = "their protocol, and how ours differs"
     reference = { mean = 90.90, sd = 0.21, n = 5 }   # theirs (sd, n optional)
-    tolerance = 1.0                          # points: |ours - theirs| <= tolerance is "reproduced"
-    verdict = "reproduced"                   # or "gap" (then `note` explains the gap, with a measurement)
-    note = "..."
+    tolerance = 1.0                          # points: the band the interval for ours - theirs must lie in
+    verdict = "reproduced"                   # the interval's verdict: reproduced / differs / inconclusive
+    note = "..."                             # (a "differs" row explains the difference, with a measurement)
+    # non_discriminating = "why every method scores alike here"   (optional: the row tests the pipeline only)
     # ours, either from committed run records (RunResult JSON files, e.g. the result cache) ...
     results = "book/results/04_selfless"
     select = { "strategy.parts.0.name" = "mas", "strategy.parts.1.method" = "none", "model" = "*64*" }
@@ -24,10 +25,10 @@ r"""The reproductions registry: every outside number the book compares with, bes
     # glue_sd = "ch2_wi_sgd_pooled_sd"      # optional, with glue_n: the chapter glued a mean over seeds
     # glue_n = "ch2_wi_sgd_pooled_n"
 
-:func:`table` computes ours (mean ± sd over the matching runs, n) and Δ; :func:`write_page` renders
-``book/reproductions.md``; the test suite checks the page is current and that every row called
-"reproduced" lies within its tolerance, so a change that moves a reproduced number out of its band
-fails CI.
+:func:`table` computes ours (mean ± sd over the matching runs, n), Δ, Welch's 95 % interval for
+ours − theirs and its verdict (:func:`interval_verdict`); :func:`write_page` renders
+``book/reproductions.md``; the test suite checks the page is current and that every row's verdict is
+the one its interval gives, so a change that moves a number out of its band fails CI.
 """
 from __future__ import annotations
 
@@ -41,13 +42,14 @@ from typing import Any
 
 from .results import RunResult
 
-__all__ = ["load_registry", "ours", "table", "render", "write_page", "REGISTRY", "PAGE"]
+__all__ = ["load_registry", "ours", "interval_verdict", "table", "render", "write_page", "REGISTRY", "PAGE"]
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = ROOT / "book" / "reproductions.toml"
 PAGE = ROOT / "book" / "reproductions.md"
 REQUIRED = ("id", "chapter", "claim", "source", "protocol", "reference", "tolerance", "verdict")
-VERDICTS = ("reproduced", "gap", "not reproduced")
+VERDICTS = ("reproduced", "differs", "inconclusive", "not reproduced")
+MAX_SEEDS = 200  # "seeds to decide" is searched up to this many
 
 
 def load_registry(path: str | Path = REGISTRY) -> list[dict]:
@@ -62,10 +64,12 @@ def load_registry(path: str | Path = REGISTRY) -> list[dict]:
             raise ValueError(f"{where}: missing {missing}.")
         if row["verdict"] not in VERDICTS:
             raise ValueError(f"{where}: verdict must be one of {VERDICTS}, got {row['verdict']!r}.")
-        if row["verdict"] != "reproduced" and not row.get("note"):
+        if row["verdict"] in ("differs", "not reproduced") and not row.get("note"):
             raise ValueError(f"{where}: a {row['verdict']!r} row needs a note explaining the difference.")
         if ("glue_sd" in row) != ("glue_n" in row) or ("glue_sd" in row and "glue" not in row):
             raise ValueError(f"{where}: glue_sd and glue_n come together, beside glue (the chapter's mean over seeds).")
+        if "non_discriminating" in row and not (isinstance(row["non_discriminating"], str) and row["non_discriminating"]):
+            raise ValueError(f"{where}: non_discriminating takes the reason as text (why every method scores alike here).")
         if ("results" in row) == ("glue" in row) and row["verdict"] != "not reproduced":
             raise ValueError(f"{where}: give ours either as results + select or as notebook + glue.")
         if row["id"] in seen:
@@ -134,8 +138,49 @@ def ours(row: dict, root: Path = ROOT) -> list[float]:
     return values
 
 
+def interval_verdict(ours_mean: float, ours_sd: float, ours_n: int, ref: dict, tolerance: float) -> tuple:
+    """The verdict of a row from both sides' spread: ``(verdict, interval, seeds_to_decide)``.
+
+    The interval is Welch's 95 % interval for ours − theirs from the two (mean, sd, n) summaries (a side
+    without a spread contributes none). **reproduced**: the interval lies inside ±tolerance (an equivalence
+    test); **differs**: it lies wholly outside the band; **inconclusive** otherwise, and then
+    ``seeds_to_decide`` is the number of our seeds that would decide it if our mean and sd stayed as they are
+    (``None`` if no number of ours would, because their spread alone is wider than the margin).
+    **not reproduced**: no run of ours, or no number of theirs.
+    """
+    from .stats import welch_from_summary
+
+    if not ours_n or math.isnan(ours_mean) or math.isnan(ref.get("mean", math.nan)):
+        return "not reproduced", None, None
+    ref_sd, ref_n = ref.get("sd", math.nan), ref.get("n", 1) or 1
+
+    def iv(n: int):
+        return welch_from_summary(ours_mean, ours_sd, n, ref["mean"], ref_sd, ref_n)
+
+    def decided(i) -> str | None:
+        if math.isnan(i.low):
+            return None
+        if -tolerance <= i.low and i.high <= tolerance:
+            return "reproduced"
+        if i.low > tolerance or i.high < -tolerance:
+            return "differs"
+        return None
+
+    now = iv(ours_n)
+    if math.isnan(now.low) and ours_n > 1 and ours_sd == 0 and not (ref_n > 1 and ref_sd > 0):
+        d = ours_mean - ref["mean"]  # every run of ours gave the same number, theirs has no spread: exact
+        now = type(now)(d, d, d, now.n, now.level)
+    verdict = decided(now)
+    if verdict is not None:
+        return verdict, now, None
+    if math.isnan(ours_sd):  # one run of ours: no spread to extrapolate
+        return "inconclusive", now, None
+    need = next((n for n in range(ours_n + 1, MAX_SEEDS + 1) if decided(iv(n))), None)
+    return "inconclusive", now, need
+
+
 def table(rows: list[dict] | None = None, root: Path = ROOT) -> list[dict]:
-    """One dict per row: theirs, ours (mean, sd, n), delta and whether it lies within the tolerance."""
+    """One dict per row: theirs, ours (mean, sd, n), delta, the interval for ours − theirs and its verdict."""
     out = []
     for row in rows if rows is not None else load_registry():
         if "glue_sd" in row:  # a chapter glued the mean, sd and count of its seeds
@@ -150,8 +195,10 @@ def table(rows: list[dict] | None = None, root: Path = ROOT) -> list[dict]:
             n = len(v)
         ref = row["reference"]
         delta = mean - ref["mean"]
+        verdict, iv, need = interval_verdict(mean, sd, n, ref, row["tolerance"])
         out.append({**row, "ours_mean": mean, "ours_sd": sd, "ours_n": n, "delta": delta,
-                    "within": n > 0 and abs(delta) <= row["tolerance"]})
+                    "within": n > 0 and abs(delta) <= row["tolerance"], "interval": iv,
+                    "interval_verdict": verdict, "seeds_to_decide": need})
     return out
 
 
@@ -171,25 +218,44 @@ def render(rows: list[dict]) -> str:
         "",
         "Every outside number the book compares with, beside ours. Theirs come with their source and",
         "protocol; ours are computed from the committed run records (mean ± sd over seeds, n runs) or from",
-        "the number a chapter glued into its committed outputs. *Reproduced* means within the row's",
-        "tolerance of their mean; a *gap* is explained in its note. This page is generated from",
-        "`book/reproductions.toml` (`python -m clutils.reproductions`), and the test suite fails when a",
-        "reproduced number leaves its band.",
+        "the number a chapter glued into its committed outputs. The verdict respects both spreads: from",
+        "the two (mean, sd, n), Welch's 95 % interval for ours − theirs; **reproduced** when the interval lies",
+        "inside ±tolerance (an equivalence test), **differs** when it lies wholly outside that band (the note",
+        "says why, with a measurement), **inconclusive** otherwise, with the number of our seeds that would",
+        "decide it if our mean and sd held (— when their spread alone is too wide for any). A row marked",
+        "*non-discriminating* is one where every method scores about the same (class-IL at the last task's",
+        "share, for instance): it shows the pipeline runs, not that the method is reproduced. This page is",
+        "generated from `book/reproductions.toml` (`python -m clutils.reproductions`), and the test suite fails",
+        "when a row's verdict is not the one its interval gives.",
         "",
-        "| claim | theirs | ours | Δ | tolerance | verdict | chapter |",
+        "| claim | theirs | ours | ours − theirs (95 %) | tolerance | verdict | chapter |",
         "|---|---|---|---:|---:|---|---|",
     ]
     for r in rows:
         ref = r["reference"]
-        delta = "—" if math.isnan(r["delta"]) else f"{r['delta']:+.2f}"
+        iv = r.get("interval")
+        if math.isnan(r["delta"]):
+            delta = "—"
+        elif iv is None or math.isnan(iv.low):
+            delta = f"{r['delta']:+.2f} (no spread)"
+        else:
+            delta = f"{r['delta']:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]"
+        verdict = r["verdict"]
+        if verdict == "inconclusive":
+            need = r.get("seeds_to_decide")
+            verdict += f" ({need} seeds would decide)" if need else " (no number of our seeds decides it)"
+        if r.get("non_discriminating"):
+            verdict += ", non-discriminating"
         lines.append(f"| {r['claim']} | {_pm(ref['mean'], ref.get('sd'), ref.get('n'))} | "
                      f"{_pm(r['ours_mean'], r['ours_sd'], r['ours_n'])} | {delta} | {r['tolerance']:g} | "
-                     f"{r['verdict']} | {{doc}}`{r['chapter']}` |")
+                     f"{verdict} | {{doc}}`{r['chapter']}` |")
     lines += ["", "## Sources, protocols and notes", ""]
     for r in rows:
         lines += [f"**{r['claim']}**", "",
                   f"- Source: {r['source']}",
                   f"- Protocol: {r['protocol']}"]
+        if r.get("non_discriminating"):
+            lines.append(f"- Non-discriminating: {r['non_discriminating']}")
         if r.get("note"):
             lines.append(f"- Note: {r['note']}")
         lines.append("")
