@@ -78,6 +78,16 @@ def pooled_accuracy(accuracies: Sequence[float], n_test: Sequence[int]) -> float
 
 # ----------------------------------------------------------------------------- run records, status page
 
+def _check_names(chapter: str, profile: str) -> None:
+    if not chapter or "/" in chapter or not profile or "/" in profile:
+        raise ValueError(f"chapter and profile must be plain names such as '02_ewc' and 'full', got {chapter!r}, {profile!r}.")
+
+
+def _records_dir(directory) -> Path:
+    """``directory``, else ``$CLUTILS_RECORDS`` (a check run's redirect, make verify), else the book's records."""
+    return Path(directory if directory is not None else (os.environ.get("CLUTILS_RECORDS") or RECORDS_DIR))
+
+
 def write_run_record(chapter: str, profile: str, device: Any, seconds: float,
                      directory: str | Path | None = None) -> dict:
     """Write ``<directory>/<chapter>.<profile>.json``: when this run of the chapter finished (UTC),
@@ -91,17 +101,14 @@ def write_run_record(chapter: str, profile: str, device: Any, seconds: float,
 
     from . import __version__
 
-    if not chapter or "/" in chapter or not profile or "/" in profile:
-        raise ValueError(f"chapter and profile must be plain names such as '02_ewc' and 'full', got {chapter!r}, {profile!r}.")
+    _check_names(chapter, profile)
     if not seconds >= 0:
         raise ValueError(f"seconds must be a non-negative duration, got {seconds!r}.")
     record = {"chapter": chapter, "profile": profile, "device": str(device), "seconds": round(float(seconds), 1),
               "finished": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "clutils": __version__, "torch": torch.__version__.split("+")[0],
               "python": platform.python_version()}
-    if directory is None:  # $CLUTILS_RECORDS redirects the records of a check run (make verify)
-        directory = os.environ.get("CLUTILS_RECORDS") or RECORDS_DIR
-    path = Path(directory) / f"{chapter}.{profile}.json"
+    path = _records_dir(directory) / f"{chapter}.{profile}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -153,10 +160,6 @@ def write_status_page(book_dir: str | Path = "book") -> Path:
 
 # ----------------------------------------------------------------------------- protocols
 
-def _records_dir(directory) -> Path:
-    return Path(directory if directory is not None else (os.environ.get("CLUTILS_RECORDS") or RECORDS_DIR))
-
-
 def protocol(chapter: str, profile: str, rows: Sequence[Mapping[str, Any]], directory: str | Path | None = None):
     """A chapter's protocol table: one row per experiment, the fields of :data:`PROTOCOL_FIELDS` (network,
     optimiser, learning rate in the optimiser field, batch, epochs, importance samples, how the strength
@@ -165,8 +168,7 @@ def protocol(chapter: str, profile: str, rows: Sequence[Mapping[str, Any]], dire
     the Protocols page sets every chapter side by side; returned as a DataFrame to show in the chapter."""
     import pandas as pd
 
-    if not chapter or "/" in chapter or not profile or "/" in profile:
-        raise ValueError(f"chapter and profile must be plain names such as '02_ewc' and 'full', got {chapter!r}, {profile!r}.")
+    _check_names(chapter, profile)
     rows = [dict(r) for r in rows]
     if not rows:
         raise ValueError("a protocol needs at least one row (one experiment)")

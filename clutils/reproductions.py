@@ -167,9 +167,6 @@ def interval_verdict(ours_mean: float, ours_sd: float, ours_n: int, ref: dict, t
         return None
 
     now = iv(ours_n)
-    if math.isnan(now.low) and ours_n > 1 and ours_sd == 0 and not (ref_n > 1 and ref_sd > 0):
-        d = ours_mean - ref["mean"]  # every run of ours gave the same number, theirs has no spread: exact
-        now = type(now)(d, d, d, now.n, now.level)
     verdict = decided(now)
     if verdict is not None:
         return verdict, now, None

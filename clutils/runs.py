@@ -317,6 +317,8 @@ def _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_d
     if cache_dir is not None:
         cached = load_cached(Path(cache_dir) / f"{key}.json", config)
         weights = Path(cache_dir) / f"{key}.pt"
+        if cached is not None:
+            _touch(Path(cache_dir) / f"{key}.json", weights)
         if cached is not None and weights.exists():
             _refuse_used(strategy)
             load_model(weights, model, strategy, config)
@@ -324,10 +326,8 @@ def _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_d
             strategy.to(dev)
             _mark_used(strategy)
             cached.model_restored = True
-            _touch(Path(cache_dir) / f"{key}.json", weights)
             return cached
         if cached is not None and not keep_model:
-            _touch(Path(cache_dir) / f"{key}.json", weights)
             return cached  # the record alone was asked for; model keeps its initial weights
         # a record without its weights, and the model asked for: train it again (once) to keep them
         checkpoint_dir = checkpoint_dir or Path(cache_dir) / key

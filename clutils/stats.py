@@ -137,15 +137,18 @@ def welch_from_summary(mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b
     """Welch's interval for mean_a - mean_b from two (mean, sd, n) summaries (e.g. ours against a paper's table).
 
     A side with n = 1 or sd = nan (a paper that reports one run or no spread) contributes no variance;
-    if neither side has a spread, there is no interval.
+    if neither side has a spread, there is no interval; if the spreads measured are zero (every run gave
+    the same number), the interval is the difference itself.
     """
     _check_level(level)
-    va = sd_a ** 2 / n_a if n_a > 1 and not math.isnan(sd_a) else 0.0
-    vb = sd_b ** 2 / n_b if n_b > 1 and not math.isnan(sd_b) else 0.0
+    has_a, has_b = n_a > 1 and not math.isnan(sd_a), n_b > 1 and not math.isnan(sd_b)
+    va = sd_a ** 2 / n_a if has_a else 0.0
+    vb = sd_b ** 2 / n_b if has_b else 0.0
     diff = float(mean_a - mean_b)
     n = int(n_a + n_b)
     if va + vb == 0:
-        return Interval(diff, float("nan"), float("nan"), n, level)
+        edge = diff if has_a or has_b else float("nan")
+        return Interval(diff, edge, edge, n, level)
     terms = [(v, k - 1) for v, k in ((va, n_a), (vb, n_b)) if v > 0]
     dof = (va + vb) ** 2 / sum(v ** 2 / k for v, k in terms)  # Welch–Satterthwaite
     half = float(_st.t.ppf((1 + level) / 2, dof)) * math.sqrt(va + vb)

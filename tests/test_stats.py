@@ -49,6 +49,9 @@ def test_welch_from_summary_against_a_paper_with_no_spread_is_the_one_sample_int
     one = stats.interval(np.array(ours) - 89.0)
     assert (r.low, r.high) == pytest.approx((one.low, one.high), abs=1e-12)
     assert math.isnan(stats.welch_from_summary(1.0, float("nan"), 1, 0.0, float("nan"), 1).low)
+    # five runs that all gave 0 against a paper's one number: the spread measured is zero, the difference exact
+    exact = stats.welch_from_summary(0.0, 0.0, 5, 32.95, float("nan"), 1)
+    assert (exact.low, exact.mean, exact.high) == (-32.95, -32.95, -32.95)
 
 
 def test_verdict_and_format_follow_the_interval():
