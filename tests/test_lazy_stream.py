@@ -125,7 +125,74 @@ def test_evaluation_permutes_each_test_set_once_within_the_memo_budget(monkeypat
         assert torch.equal(t.x_test, digits.x_test[:, t.perm])
     one = stream[0].x_test.numel() * 4
     memo = stream[0]._memo
-    memo.budget, memo.slots = 2 * one, {}
+    memo.budget, memo.slots, memo.scratch = 2 * one, {}, {}
     cl.evaluate(model, stream, 3)
     kept = [k for k in memo.slots if k[0] == "test"]
-    assert len(kept) == 2  # the budget holds two test sets; the oldest were dropped
+    # first come, first kept: tasks 0 and 1 (evicting the oldest would make every later pass miss)
+    assert kept == [("test", id(stream[0].perm)), ("test", id(stream[1].perm))] and memo.used() == 2 * one
+    n = len(calls)
+    assert cl.evaluate(model, stream, 3) == first
+    assert len(calls) == n + 2  # only the two sets beyond the budget are permuted again
+    for t in stream:
+        assert torch.equal(t.x_test, digits.x_test[:, t.perm])
+
+
+def _count_writes(monkeypatch) -> dict:
+    """Count torch.index_select calls that allocate and those that write into reused memory (out=)."""
+    counts = {"fresh": 0, "reused": 0}
+    real = torch.index_select
+
+    def counted(*a, **k):
+        counts["reused" if "out" in k else "fresh"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch, "index_select", counted)
+    return counts
+
+
+def test_a_long_stream_evaluates_in_bounded_memory_through_one_reused_buffer(monkeypatch):
+    """Beyond the budget, each evaluation set is permuted into one reused buffer: memory stays flat in the
+    number of tasks, and every accuracy equals the one on a materialised copy."""
+    digits = cl.load_dataset("digits")
+    stream = cl.make_stream("permuted", digits, n_tasks=40, seed=3)
+    memo = stream[0]._memo
+    one = stream[0]._x["test"].numel() * 4
+    memo.budget = 3 * one
+    torch.manual_seed(0)
+    model = cl.MLP(64, (16,), 10)
+    counts = _count_writes(monkeypatch)
+    lazy = cl.evaluate(model, stream, 39)
+    assert memo.used() == 3 * one and len(memo.slots) == 3 and set(memo.scratch) == {"test"}
+    assert counts == {"fresh": 4, "reused": 36}  # 3 kept + the first beyond the budget; then one buffer
+    buffer = memo.scratch["test"][2].data_ptr()
+    cl.evaluate(model, stream, 39)
+    assert counts == {"fresh": 4, "reused": 36 + 37} and memo.scratch["test"][2].data_ptr() == buffer
+    assert memo.used() == 3 * one  # no new memory
+    assert cl.evaluate(model, materialised(stream), 39) == lazy
+
+
+def test_the_training_slot_reuses_its_memory_only_when_nothing_else_holds_it(digits, monkeypatch):
+    """Reading the next task's training set writes into the previous one's memory (no page faults for a
+    fresh copy per task), unless a name, a view or a NumPy array still holds it: then it stays intact."""
+    stream = cl.make_stream("permuted", digits, n_tasks=5, seed=4)
+    base = digits.x_train
+
+    def right(t):
+        return torch.equal(stream[t].x_train, base[:, stream[t].perm])
+
+    counts = _count_writes(monkeypatch)
+    stream[0].x_train
+    assert counts == {"fresh": 1, "reused": 0}
+    stream[1].x_train  # nothing held task 0's copy: its memory is reused
+    assert counts == {"fresh": 1, "reused": 1}
+    assert right(1)
+    holders = {"name": lambda x: x, "view": lambda x: x[:10], "numpy": lambda x: x.numpy()}
+    for kind, hold in holders.items():
+        stream[3].x_train  # the slot now holds task 3 (nothing else does)
+        keep = hold(stream[1].x_train)
+        before = keep.copy() if kind == "numpy" else keep.clone()
+        fresh = counts["fresh"]
+        assert right(2)
+        assert counts["fresh"] == fresh + 1, kind  # held: a fresh tensor, the held one left alone
+        assert (np.array_equal(keep, before) if kind == "numpy" else torch.equal(keep, before)), kind
+        del keep
