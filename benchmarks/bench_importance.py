@@ -24,6 +24,7 @@ import time
 import torch
 
 import clutils
+from _data import mnist
 from clutils.streams import Stream, Task
 from clutils import fisher_diagonal, hebbian_importance, mas_importance
 
@@ -61,7 +62,7 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=1024, help="samples per pass of the exact estimators (memory)")
     args = ap.parse_args()
     dev = clutils.resolve_device(args.device)
-    ds = clutils.load_dataset("mnist", root=args.root, device=dev)
+    ds = mnist(dev, root=args.root)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{len(ds.y_train)} training images, best of {args.repeat}")
 

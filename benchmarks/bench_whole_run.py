@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import clutils as cl
+from _data import mnist
 
 
 def _sync(device: torch.device) -> None:
@@ -112,10 +113,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--synthetic", action="store_true", help="random tensors of MNIST's shapes (the times are the same)")
     ap.add_argument("--no-avalanche", action="store_true", help="skip Avalanche even when it is installed")
     args = ap.parse_args()
     device = cl.resolve_device(args.device)
-    stream = cl.make_stream("permuted", "mnist", n_tasks=args.tasks, device=device)
+    stream = cl.make_stream("permuted", mnist(device, args.synthetic), n_tasks=args.tasks)
     tasks = [(t.x_train.clone(), t.y_train.clone(), t.x_test.clone(), t.y_test.clone()) for t in stream]
     variants = {"hand": lambda s: hand(tasks, device, s, args.lr, args.batch),
                 "clutils": lambda s: ours(stream, device, s, args.lr, args.batch)}

@@ -228,3 +228,22 @@ def test_large_importance_gives_zero_weights_not_subnormal_ones():
     tiny = torch.finfo(torch.float32).tiny
     assert not bool(((w > 0) & (w < tiny)).any())
     assert w[0, 1].item() > 0 and w[14, 15].item() == 0.0
+
+
+def test_the_pair_weights_are_built_once_per_layer_and_task_not_per_step(monkeypatch):
+    import clutils as cl
+
+    """exp(-(i-j)^2 / 2 sigma^2) times the importance discount is constant while a task trains: a
+    3-task SLNID run over 2 hidden layers builds it 2 x 3 times, whatever the number of steps."""
+    from clutils import selfless
+
+    calls = []
+    real = selfless._weights
+    monkeypatch.setattr(selfless, "_weights", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    stream = cl.disjoint(cl.load_dataset("digits"), [[0, 1, 2], [3, 4, 5], [6, 7, 8]], scenario="domain")
+    model = cl.MLP(64, (12, 8), 3)
+    res = cl.train_stream(model, stream, cl.SSL("slnid", 1e-3),
+                          cl.TrainConfig(epochs=2, batch_size=16, lr=0.01), progress=False)
+    steps = sum(2 * -(-t.n_train // 16) for t in stream)
+    assert len(stream) == 3 and steps > 100 and res.R.shape == (3, 3)
+    assert sorted(calls) == [8, 8, 8, 12, 12, 12]
