@@ -130,7 +130,7 @@ class Consolidation(Strategy):
         self.anchor = BufferDict()  # theta-bar
         self.register_buffer("const", torch.zeros((), dtype=torch.float64))  # c
         self.register_buffer("n_tasks", torch.zeros((), dtype=torch.int64))
-        self._bound: tuple | None = None  # (model, params, A, anchors): lists ready for every step
+        self._bound: tuple | None = None  # (model, params, A, anchors, workspace): lists ready for every step
 
     def importance(self, model: nn.Module, stream: Stream, t: int) -> dict[str, Tensor]:
         r""":math:`\Omega^{(t)}`: the importance of every parameter for task ``t``."""
@@ -192,8 +192,9 @@ class Consolidation(Strategy):
     def _bind(self, model: nn.Module) -> tuple:
         params = dict(model.named_parameters())
         names = self.omega.keys()
-        self._bound = (model, [params[n] for n in names], [self.omega[n] for n in names],
-                       [self.anchor[n] for n in names])
+        P = [params[n] for n in names]
+        self._bound = (model, P, [self.omega[n] for n in names], [self.anchor[n] for n in names],
+                       [torch.empty_like(p, memory_format=torch.contiguous_format) for p in P])  # workspace
         return self._bound
 
     def _apply(self, fn, *args, **kwargs):  # .to(device) replaces the buffers: rebind at the next step
@@ -206,11 +207,12 @@ class Consolidation(Strategy):
         if len(self.omega) == 0:
             return
         bound = self._bound if self._bound is not None and self._bound[0] is model else self._bind(model)
-        _, P, A, M = bound
-        with torch.no_grad():
-            Ad = torch._foreach_mul(torch._foreach_sub(P, M), A)  # A (theta - theta-bar)
-            trained = [i for i, p in enumerate(P) if p.grad is not None]
-            torch._foreach_add_([P[i].grad for i in trained], [Ad[i] for i in trained], alpha=self.lam * self.lam_scale)
+        _, P, A, M, W = bound
+        lam = self.lam * self.lam_scale
+        with torch.no_grad():  # grad += lam * (A * (theta - theta-bar)), in a workspace kept between steps
+            for p, a, m, w in zip(P, A, M, W):
+                if p.grad is not None:
+                    p.grad.add_(torch.sub(p, m, out=w).mul_(a), alpha=lam)
 
     def value(self, model: nn.Module) -> Tensor | None:
         r"""The same penalty as a differentiable expression: :math:`\frac\lambda2\sum_iA_i(\theta_i-\bar\theta_i)^2+\frac\lambda2c`."""

@@ -261,3 +261,32 @@ def test_mas_separate_mode_is_the_exact_merge_of_per_task_quadratics(digits_stre
     assert torch.allclose(sep.value(m), want, rtol=1e-5)
     assert not torch.allclose(onl.value(m), want, rtol=1e-3)
     assert MAS(1.0, mode="separate").config()["mode"] == "separate" and "mode" not in MAS(1.0).config()
+
+
+def test_grad_penalty_adds_lam_A_times_theta_minus_anchor_bit_for_bit_every_step():
+    """The fused step gives exactly torch.add(g, A * (theta - anchor), alpha=lam) (MAS: lam = 2 x its
+    argument), step after step: its workspace is reused, so a second step must not see the first's numbers."""
+    import clutils as cl
+
+    stream = cl.make_stream("permuted", cl.load_dataset("digits"), n_tasks=3)
+    torch.manual_seed(0)
+    model = cl.MLP(64, (20, 20), 10)
+    mas = cl.MAS(0.37, n_samples=200)
+    for t in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1e-2 * torch.randn_like(p))
+        mas.after_task(model, stream, t)
+    params = dict(model.named_parameters())
+    for step in range(3):
+        with torch.no_grad():  # away from the anchor, so the penalty's gradient is not zero
+            for p in model.parameters():
+                p.add_(1e-2 * torch.randn_like(p))
+        model.zero_grad()
+        model(stream[0].x_train[:64]).square().sum().backward()
+        expected = {n: torch.add(params[n].grad, mas.omega[n] * (params[n].detach() - mas.anchor[n]), alpha=2 * 0.37)
+                    for n in mas.omega}
+        before = {n: params[n].grad.clone() for n in mas.omega}
+        mas.grad_penalty(model, 3)
+        assert all(torch.equal(params[n].grad, expected[n]) for n in mas.omega), step
+        assert all(not torch.equal(params[n].grad, before[n]) for n in mas.omega)  # it did add something
