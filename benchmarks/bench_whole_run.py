@@ -77,16 +77,14 @@ def ours(stream: cl.Stream, device: torch.device, seed: int, lr: float, batch: i
 
 def avalanche(tasks: list[tuple], device: torch.device, seed: int, lr: float, batch: int) -> tuple[float, float]:
     """Avalanche's Naive strategy on the same tensors (its default loggers off, its evaluation on)."""
-    from avalanche.benchmarks.utils import as_classification_dataset
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
     from avalanche.training.supervised import Naive
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.evaluation.metrics import accuracy_metrics
-    from torch.utils.data import TensorDataset
 
-    def ds(x, y):
-        d = as_classification_dataset(TensorDataset(x.cpu(), y.cpu()))
-        return d
+    def ds(x, y):  # Avalanche's own wrapper of tensors (task label 0)
+        return _make_taskaware_tensor_classification_dataset(x.cpu(), y.cpu(), task_labels=0)
 
     bm = benchmark_from_datasets(train=[ds(x, y) for x, y, _, _ in tasks], test=[ds(xt, yt) for _, _, xt, yt in tasks])
     torch.manual_seed(seed)
