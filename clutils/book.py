@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 __all__ = ["choose_profile", "glue", "prefixed_glue", "run_with_value",
            "pooled_accuracy", "write_run_record", "read_run_records", "status_markdown", "write_status_page",
            "tagged_source", "protocol", "read_protocols", "protocols_markdown", "write_protocols_page",
+           "COLAB_CELL", "VISIBLE_CELL_LINES", "visible_code_cells", "strip_injected_parameters",
            "RECORDS_DIR", "STATUS_PAGE", "PROTOCOLS_PAGE", "PROTOCOL_FIELDS"]
 
 RECORDS_DIR = Path("results/records")  # relative to book/ (chapters run with papermill --cwd book)
@@ -231,6 +232,52 @@ def tagged_source(notebook: str | Path, tag: str) -> str:
     if not cells:
         raise LookupError(f"{notebook}: no code cell is tagged {tag!r}.")
     return "\n\n".join(cells)
+
+
+
+# ----------------------------------------------------------------------------- the textbook's surface
+# What the chapters share so that a reader meets the method first: the Colab cell every chapter opens
+# with (hidden from the page), the limit on a visible code cell, and the clean-up after a papermill run.
+
+COLAB_CELL = """\
+import os, subprocess, sys
+if "google.colab" in sys.modules and not os.path.isdir("results"):  # on Colab only; elsewhere this does nothing
+    # the book's repository with its committed runs (book/results), so PROFILE = "full" loads them instead of training
+    url, branch, clone = "https://github.com/clbook/continual-learning-book", "main", os.path.abspath("continual-learning-book")
+    if not os.path.isdir(clone):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", branch, url, clone], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", clone], check=True)
+    os.chdir(os.path.join(clone, "book"))  # the chapters run from book/, where results/ is
+"""
+"""The first code cell of every chapter (tagged ``remove-cell``): on Colab, a shallow clone of the book's
+repository (``_config.yml``'s url and branch), ``pip install`` of its ``clutils``, and the working directory
+moved to its ``book/`` so the result cache finds the committed runs; elsewhere, nothing."""
+
+VISIBLE_CELL_LINES = 25  # the longest code cell a reader sees; longer ones are split into steps or hidden
+HIDDEN_INPUT_TAGS = ("remove-cell", "remove-input", "hide-input", "hide-cell")
+
+
+def visible_code_cells(notebook: str | Path) -> list[tuple[int, int, str]]:
+    """``(index, lines, first line)`` of each code cell whose source the rendered page shows."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    return [(i, len(c.source.splitlines()), (c.source.splitlines() or [""])[0]) for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and not set(c.get("metadata", {}).get("tags", [])) & set(HIDDEN_INPUT_TAGS)]
+
+
+def strip_injected_parameters(notebook: str | Path) -> int:
+    """Remove papermill's ``injected-parameters`` cells from ``notebook`` in place (the reader sees the
+    parameters once, in the cell tagged ``parameters``); returns how many were removed."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    keep = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    removed = len(nb.cells) - len(keep)
+    if removed:
+        nb.cells = keep
+        nbformat.write(nb, str(notebook))
+    return removed
 
 
 if __name__ == "__main__":  # python -m clutils.book [BOOK_DIR]: regenerate the status and protocols pages

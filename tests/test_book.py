@@ -7,8 +7,6 @@ from __future__ import annotations
 import ast
 import posixpath
 import re
-import sys
-import types
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -72,27 +70,6 @@ def test_chapter_metadata_asks_colab_for_a_gpu(path):
     assert nb.metadata.get("accelerator") == "GPU", f"{path.name}: notebook metadata needs \"accelerator\": \"GPU\"."
     assert nb.metadata.get("colab", {}).get("gpuType"), f"{path.name}: notebook metadata needs colab.gpuType (e.g. T4)."
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
-
-
-@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
-def test_first_code_cell_installs_clutils_on_colab_only(path, monkeypatch):
-    nb = nbformat.read(path, as_version=4)
-    cell = _code_cells(nb)[0]
-    assert "remove-cell" in _tags(cell), f"{path.name}: the first code cell must be tagged remove-cell."
-    cfg = book_config()["repository"]
-    expected = f"clutils @ git+{cfg['url']}@{cfg['branch']}"
-    assert expected in cell.source, f"{path.name}: the Colab cell must install {expected!r} (_config.yml's repository)."
-
-    calls = []
-    monkeypatch.setattr("subprocess.run", lambda *a, **k: calls.append(a))
-    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    exec(compile(cell.source, path.name, "exec"), {})
-    assert calls == [], f"{path.name}: the Colab cell must do nothing outside Colab."
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    exec(compile(cell.source, path.name, "exec"), {})
-    assert len(calls) == 1, f"{path.name}: on Colab the cell must run pip once, ran {len(calls)} commands."
-    argv = calls[0][0]
-    assert argv[1:4] == ["-m", "pip", "install"] and expected in argv
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
