@@ -76,6 +76,13 @@ def main() -> None:
     print(f"{args.build_tasks}-task permuted {args.dataset}: built in {build_s:.3f} s, adds {added / 2**20:.2f} MB "
           f"of tensor storage beyond the dataset ({base / 2**20:.0f} MB), RSS {rss_mb() - r0:+.1f} MB; "
           f"one copy per task would hold {old / 2**30:.1f} GiB")
+    t0 = time.perf_counter()
+    cl.evaluate(cl.MLP(ds.n_features, (100, 100), big.n_outputs), big, len(big) - 1)
+    memo = big[0]._memo
+    scratch = sum(o.numel() * o.element_size() for _, _, o in memo.scratch.values())
+    print(f"evaluating all {len(big)} test sets once: {time.perf_counter() - t0:.2f} s; the evaluation copies kept "
+          f"hold {memo.used() / 2**20:.0f} MB (budget {memo.budget / 2**20:.0f} MB) + one reused buffer of "
+          f"{scratch / 2**20:.0f} MB, whatever the number of tasks")
     del big
 
     lazy = cl.permuted(ds, n_tasks=args.tasks)
