@@ -8,6 +8,7 @@ r"""The reproductions registry: every outside number the book compares with, bes
     claim = "MAS, permuted MNIST (5 tasks), 784-64-64-10: mean final accuracy (%)"
     source = "paper + table / code repository + commit + how it was run"
     protocol = "their protocol, and how ours differs"
+    hyperparameters = "Theirs: ... as in <source>; how chosen: ... (or 'not stated in <source>'). Ours: ..."
     reference = { mean = 90.90, sd = 0.21, n = 5 }   # theirs (sd, n optional)
     tolerance = 1.0                          # points: the band the interval for ours - theirs must lie in
     verdict = "reproduced"                   # the interval's verdict: reproduced / differs / inconclusive
@@ -47,21 +48,32 @@ __all__ = ["load_registry", "ours", "interval_verdict", "table", "render", "writ
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = ROOT / "book" / "reproductions.toml"
 PAGE = ROOT / "book" / "reproductions.md"
-REQUIRED = ("id", "chapter", "claim", "source", "protocol", "reference", "tolerance", "verdict")
+REQUIRED = ("id", "chapter", "claim", "source", "protocol", "hyperparameters", "reference", "tolerance", "verdict")
+TEXT = ("claim", "source", "protocol", "hyperparameters")  # required, and each a non-empty text
+HYPERPARAMETERS_HINT = (
+    " Give the row hyperparameters = \"...\": which side chose the hyper-parameters, on what data, e.g. \"Theirs: "
+    "lambda = 0.1 as in the authors' demo script; how it was chosen is not stated in <source>. Ours: copied from "
+    "theirs (no tuning of our own)\" or \"Ours: clutils.tuning on validation data of tuning seeds 100-101, "
+    "reported seeds 0-4\"; write 'not stated in <source>' for what the source does not say.")
 VERDICTS = ("reproduced", "differs", "inconclusive", "not reproduced")
 MAX_SEEDS = 200  # "seeds to decide" is searched up to this many
 
 
 def load_registry(path: str | Path = REGISTRY) -> list[dict]:
-    """The rows of the registry, checked: required keys, a known verdict, one source of ours, unique ids."""
+    """The rows of the registry, checked: required keys (the texts non-empty, ``hyperparameters`` among them: who
+    chose the hyper-parameters, on what data), a known verdict, one source of ours, unique ids."""
     path = Path(path)
     rows = tomllib.loads(path.read_text()).get("row", [])
     seen = set()
     for i, row in enumerate(rows):
         where = f"{path.name}, row {i + 1} ({row.get('id', 'no id')})"
         missing = [k for k in REQUIRED if k not in row]
-        if missing:
-            raise ValueError(f"{where}: missing {missing}.")
+        empty = [k for k in TEXT if k in row and not (isinstance(row[k], str) and row[k].strip())]
+        if missing or empty:
+            what = "; ".join(([f"missing {missing}"] if missing else []) + ([f"empty {empty}"] if empty else []))
+            hint = HYPERPARAMETERS_HINT if "hyperparameters" in missing + empty else ""
+            text = f" ({', '.join(TEXT)} take non-empty text)" if empty else ""
+            raise ValueError(f"{where}: {what}{text}.{hint}")
         if row["verdict"] not in VERDICTS:
             raise ValueError(f"{where}: verdict must be one of {VERDICTS}, got {row['verdict']!r}.")
         if row["verdict"] in ("differs", "not reproduced") and not row.get("note"):
@@ -221,7 +233,9 @@ def render(rows: list[dict]) -> str:
         "says why, with a measurement), **inconclusive** otherwise, with the number of our seeds that would",
         "decide it if our mean and sd held (— when their spread alone is too wide for any). A row marked",
         "*non-discriminating* is one where every method scores about the same (class-IL at the last task's",
-        "share, for instance): it shows the pipeline runs, not that the method is reproduced. This page is",
+        "share, for instance): it shows the pipeline runs, not that the method is reproduced. Every row says,",
+        "below the table, which side chose the hyper-parameters and on what data (theirs as far as their source",
+        "states it, *not stated* where it does not; ours copied from theirs, or tuned on validation data). This page is",
         "generated from `book/reproductions.toml` (`python -m clutils.reproductions`), and the test suite fails",
         "when a row's verdict is not the one its interval gives.",
         "",
@@ -250,7 +264,8 @@ def render(rows: list[dict]) -> str:
     for r in rows:
         lines += [f"**{r['claim']}**", "",
                   f"- Source: {r['source']}",
-                  f"- Protocol: {r['protocol']}"]
+                  f"- Protocol: {r['protocol']}",
+                  f"- Hyper-parameters, who chose them and on what data: {r['hyperparameters']}"]
         if r.get("non_discriminating"):
             lines.append(f"- Non-discriminating: {r['non_discriminating']}")
         if r.get("note"):

@@ -52,13 +52,40 @@ def test_the_verdict_respects_both_spreads():
 
 def test_registry_errors_name_the_row_and_the_fix(tmp_path):
     bad = tmp_path / "r.toml"
-    bad.write_text('[[row]]\nid = "x"\nchapter = "c"\nclaim = "c"\nsource = "s"\nprotocol = "p"\n'
+    bad.write_text('[[row]]\nid = "x"\nchapter = "c"\nclaim = "c"\nsource = "s"\nprotocol = "p"\nhyperparameters = "h"\n'
                    'reference = { mean = 1.0 }\ntolerance = 1.0\nverdict = "differs"\n')
     with pytest.raises(ValueError, match="row 1 .x.*needs a note"):
         rp.load_registry(bad)
     bad.write_text(bad.read_text().replace('verdict = "differs"', 'verdict = "close enough"'))
     with pytest.raises(ValueError, match="verdict must be one of"):
         rp.load_registry(bad)
+
+
+def test_every_row_says_who_chose_the_hyperparameters_on_what_data():
+    # the registry loaded (ROWS), so every row passed the check; each names both sides
+    assert all(r["hyperparameters"].startswith("Theirs") and "Ours" in r["hyperparameters"] for r in ROWS)
+    page = rp.PAGE.read_text()
+    assert page.count("- Hyper-parameters, who chose them and on what data: ") == len(ROWS)
+
+
+def test_a_row_without_hyperparameters_is_refused_by_name(tmp_path):
+    row = rp.REGISTRY.read_text().split("[[row]]")[1]  # the registry's first row, as written
+    first_id = ROWS[0]["id"]
+    lines = row.splitlines()
+    without = "\n".join(l for l in lines if not l.startswith("hyperparameters ="))
+    assert without != "\n".join(lines)
+    bad = tmp_path / "r.toml"
+    bad.write_text("[[row]]" + without + "\n")
+    with pytest.raises(ValueError, match=rf"r\.toml, row 1 \({first_id}\): missing \['hyperparameters'\].*which side chose"):
+        rp.load_registry(bad)
+    bad.write_text("[[row]]" + without + '\nhyperparameters = "  "\n')  # present but blank
+    with pytest.raises(ValueError, match=rf"row 1 \({first_id}\): empty \['hyperparameters'\].*not stated in <source>"):
+        rp.load_registry(bad)
+    bad.write_text("[[row]]" + without + "\nhyperparameters = 3\n")  # not text
+    with pytest.raises(ValueError, match=r"empty \['hyperparameters'\]"):
+        rp.load_registry(bad)
+    bad.write_text("[[row]]" + row)  # the row as it stands loads
+    assert rp.load_registry(bad)[0]["hyperparameters"] == ROWS[0]["hyperparameters"]
 
 
 def test_ours_is_the_mean_of_the_matching_runs(tmp_path):
@@ -98,7 +125,7 @@ def test_a_glued_mean_over_seeds_gives_its_sd_and_count(tmp_path):
     (got,) = rp.table([row], root=tmp_path)
     assert (got["ours_mean"], got["ours_sd"], got["ours_n"], got["within"]) == (33.0, 1.5, 5, True)
     bad = tmp_path / "r.toml"
-    bad.write_text('[[row]]\nid = "x"\nchapter = "c"\nclaim = "c"\nsource = "s"\nprotocol = "p"\n'
+    bad.write_text('[[row]]\nid = "x"\nchapter = "c"\nclaim = "c"\nsource = "s"\nprotocol = "p"\nhyperparameters = "h"\n'
                    'reference = { mean = 1.0 }\ntolerance = 1.0\nverdict = "reproduced"\nnotebook = "n"\n'
                    'glue = "m"\nglue_sd = "m_sd"\n')
     with pytest.raises(ValueError, match="glue_sd and glue_n come together"):
