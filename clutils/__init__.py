@@ -11,7 +11,7 @@ from .book import choose_profile, glue
 from .datasets import Dataset, load_dataset
 from .streams import Stream, Task, disjoint, make_stream, permuted, split
 from .metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, intransigence, summary
-from .models import CNN, MLP, ContinualModel
+from .models import CNN, MLP, ContinualModel, check_model
 from .strategies import Compose, FreezeFeatures, Joint, Naive, Strategy
 from .consolidation import L2, Consolidation, quadratic_penalty
 from .ewc import EWC, fisher_diagonal
