@@ -56,7 +56,7 @@ check: venv
 # Re-execute chapters (their full profile, as committed) and check that the cells tagged
 # nbval-check-output reproduce their committed outputs (nbval, lax mode; timings sanitised).
 # Needs MNIST under $$CLUTILS_DATA.  CHAPTERS=book/01_forgetting.ipynb checks one chapter.
-CHAPTERS ?= book/01_forgetting.ipynb book/02_ewc.ipynb book/03_mas.ipynb book/04_selfless.ipynb book/05_scenarios.ipynb
+CHAPTERS ?= book/01_forgetting.ipynb book/02_ewc.ipynb book/03_mas.ipynb book/04_selfless.ipynb book/05_scenarios.ipynb book/06_replay.ipynb
 verify: venv
 	CLUTILS_RECORDS=$$(mktemp -d) $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		--sanitize-with book/nbval_sanitize.cfg $(CHAPTERS)

@@ -1,7 +1,7 @@
 """clutils: small, tested building blocks for the continual-learning book.
 
 One module per idea: ``consolidation`` (the quadratic penalty), ``ewc`` (chapter 2), ``mas``
-(chapter 3), ``selfless`` (chapter 4), ``si`` (chapter 5), on top of ``datasets``, ``streams``,
+(chapter 3), ``selfless`` (chapter 4), ``si`` (chapter 5), ``replay`` (chapter 6), on top of ``datasets``, ``streams``,
 ``models``, ``strategies``, ``training`` (the loop), ``runs`` (a run's fingerprint, cache and
 checkpoints) and the per-sample gradient engine ``per_sample``.
 """
@@ -11,11 +11,12 @@ from .book import choose_profile, glue
 from .datasets import Dataset, load_dataset
 from .streams import Stream, Task, disjoint, make_stream, permuted, split
 from .metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, intransigence, summary
-from .models import MLP, ContinualModel
+from .models import CNN, MLP, ContinualModel, check_model
 from .strategies import Compose, FreezeFeatures, Joint, Naive, Strategy
 from .consolidation import L2, Consolidation, quadratic_penalty
 from .ewc import EWC, fisher_diagonal
 from .si import SI
+from .replay import Replay
 from .mas import MAS, hebbian_importance, mas_importance
 from .selfless import (SSL, active_neurons, coactivation, decov, gaussian_neighbourhood, importance_discount, l1_rep,
                        mean_activation, neuron_importance, slni, sni)

@@ -13,7 +13,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "batch_order_seed", "subsample_seed", "label_sampling_seed", "generator"]
+__all__ = ["seed_everything", "batch_order_seed", "subsample_seed", "label_sampling_seed", "replay_seed", "generator"]
 
 _BIG = 1_000_003  # a prime larger than any task or epoch count: seeds of different runs never collide
 
@@ -38,6 +38,11 @@ def subsample_seed(seed: int, task: int) -> int:
 def label_sampling_seed(seed: int, task: int) -> int:
     """The seed of the labels EWC's sampled Fisher draws from the model's predictive distribution on ``task``."""
     return int(seed) * _BIG + 31 * int(task) + 1
+
+
+def replay_seed(seed: int, task: int) -> int:
+    """The seed of which stored examples replay adds to each batch of task ``task``."""
+    return int(seed) * _BIG + 53 * int(task) + 2
 
 
 def generator(seed: int) -> torch.Generator:

@@ -7,7 +7,9 @@ calls its hooks, each named for when it runs::
 
     x, y, heads = strategy.train_data(stream, t)       # what task t trains on
     strategy.before_task(model, stream, t)
-    for every batch:                                    # train_step
+    for every batch:
+        x, y, head = strategy.mix_batch(x, y, head, t)  # e.g. replay adds stored examples
+        # train_step:
         task_loss = CE(model(x), y)
         penalty = strategy.penalty(model, t, hidden)    # autograd penalties (on activations)
         (task_loss + penalty).backward()
@@ -17,6 +19,8 @@ calls its hooks, each named for when it runs::
         strategy.after_step(model, t)
     strategy.after_task(model, stream, t)               # e.g. compute importance
 
+``mix_batch`` may add examples to a batch (replay); the optimiser of task ``t`` then also trains the
+heads that ``extra_heads()`` names (a stored example of an earlier task answers with its own head).
 ``penalty`` returns a scalar the loss gets (``None``: nothing).  A strategy that sets
 ``task_gradient = True`` (Synaptic Intelligence) sees in ``after_backward`` the gradient of the
 task's loss alone: the trainer then back-propagates the task loss and the activation penalties
@@ -190,6 +194,14 @@ class Strategy(nn.Module):
     def before_task(self, model: nn.Module, stream: Stream, t: int) -> None:
         pass
 
+    def mix_batch(self, x: Tensor, y: Tensor, head: int | Tensor, t: int) -> tuple[Tensor, Tensor, int | Tensor]:
+        """The batch task ``t`` trains on, from the ``(x, y, head)`` its data gives (default: unchanged)."""
+        return x, y, head
+
+    def extra_heads(self) -> list[int]:
+        """Heads, beyond those of the task's own data, that the batches of ``mix_batch`` train (default: none)."""
+        return []
+
     def penalty(self, model: nn.Module, t: int, hidden: list[Tensor]) -> Tensor | None:
         return None
 
@@ -282,6 +294,14 @@ class Compose(Strategy):
     def before_task(self, model, stream, t):
         for p in self.parts:
             p.before_task(model, stream, t)
+
+    def mix_batch(self, x, y, head, t):
+        for p in self.parts:
+            x, y, head = p.mix_batch(x, y, head, t)
+        return x, y, head
+
+    def extra_heads(self):
+        return sorted({h for p in self.parts for h in p.extra_heads()})
 
     @staticmethod
     def _sum(values):

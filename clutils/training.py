@@ -161,10 +161,12 @@ def _make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _trainable(model: nn.Module, heads: int | Tensor) -> list[nn.Parameter]:
-    """Shared layers plus the head(s) this task trains; other tasks' heads stay untouched."""
+def _trainable(model: nn.Module, heads: int | Tensor, extra: Sequence[int] = ()) -> list[nn.Parameter]:
+    """Shared layers plus the head(s) this task trains (its data's, and ``extra``: e.g. replayed tasks');
+    other tasks' heads stay untouched."""
     if model.n_heads > 1:
         used = heads.unique().tolist() if isinstance(heads, Tensor) else [heads]
+        used = sorted(set(used) | set(extra))
         params = list(model.shared_parameters()) + [p for h in used for p in model.head_parameters(h)]
     else:
         params = list(model.parameters())
@@ -206,7 +208,7 @@ def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: Train
                 dev: torch.device, curves: list, bar) -> None:
     x, y, heads = strategy.train_data(stream, t)
     strategy.before_task(model, stream, t)
-    params = _trainable(model, heads)
+    params = _trainable(model, heads, strategy.extra_heads())
     opt = _make_optimizer(cfg, params) if params else None
     n_active, n = stream.active_outputs(t), len(y)
     best_acc, best_state = -1.0, None
@@ -217,8 +219,8 @@ def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: Train
         stop = (n - n % cfg.batch_size if cfg.drop_last and n >= cfg.batch_size else n) if opt is not None else 0
         for i in range(0, stop, cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            loss_sum += train_step(model, opt, strategy, x[idx], y[idx],
-                                   heads[idx] if isinstance(heads, Tensor) else heads, n_active, t)
+            xb, yb, hb = strategy.mix_batch(x[idx], y[idx], heads[idx] if isinstance(heads, Tensor) else heads, t)
+            loss_sum += train_step(model, opt, strategy, xb, yb, hb, n_active, t)
         # one host sync per epoch: the summed loss of the steps taken, and the parameters (a blow-up
         # of a closed-form penalty's gradient, or on the last step of the epoch, shows only in them)
         finite = torch.isfinite(loss_sum)
