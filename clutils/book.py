@@ -247,6 +247,17 @@ FINDING_FIELDS = ("scenario", "method", "acc", "acc_sd", "forgetting", "intransi
                   "extra_memory", "vs_naive", "n_seeds")
 
 
+def _cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write_findings(chapter: str, profile: str, rows: Sequence[Mapping[str, Any]],
                    directory: str | Path | None = None) -> Path:
     """Write ``<directory>/<chapter>.<profile>.findings.json``: one row per (scenario, method) with the fields of
@@ -265,7 +276,7 @@ def write_findings(chapter: str, profile: str, rows: Sequence[Mapping[str, Any]]
     path.parent.mkdir(parents=True, exist_ok=True)
     import torch
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads"
+    machine = f"{_cpu_name()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads"
     path.write_text(json.dumps({"chapter": chapter, "profile": profile, "machine": machine, "rows": rows}, indent=1,
                                ensure_ascii=False, default=float) + "\n")
     return path
