@@ -86,5 +86,6 @@ def test_visible_code_cells_are_short_and_answers_are_folded(path):
     answers = [c for c in nb.cells[start:] if c.cell_type == "code" and "write_run_record" not in c.source]
     assert answers and all({"hide-input", "hide-output"} <= set(_tags(c)) or "hide-cell" in _tags(c) for c in answers)
     assert not [c for c in nb.cells if "injected-parameters" in _tags(c)]
-    first_code = next(c for c in nb.cells if c.cell_type == "code" and not {"remove-cell", "remove-input", "parameters"} & set(_tags(c)))
-    assert "import " not in first_code.source, f"{path.name}: the first visible code is about the method, not imports."
+    first_code = next(c for c in nb.cells if c.cell_type == "code" and not {"remove-cell", "remove-input"} & set(_tags(c)))
+    assert "import " not in first_code.source and "PROFILE" not in first_code.source, \
+        f"{path.name}: the first visible code is about the method, not imports or profiles."
