@@ -120,7 +120,8 @@ def read_run_records(directory: str | Path) -> list[dict]:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no run records in {directory}: run a chapter (papermill ... --cwd book) first.")
-    recs = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json")) if not p.name.endswith(".protocol.json")]
+    recs = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))
+            if not p.name.endswith((".protocol.json", ".findings.json"))]
     return sorted((r for r in recs if r["profile"] not in UNPUBLISHED_PROFILES), key=lambda r: (r["chapter"], r["profile"]))
 
 
@@ -285,3 +286,81 @@ if __name__ == "__main__":  # python -m clutils.book [BOOK_DIR]: regenerate the 
 
     print(write_status_page(sys.argv[1] if len(sys.argv) > 1 else "book"))
     print(write_protocols_page(sys.argv[1] if len(sys.argv) > 1 else "book"))
+
+
+# ----------------------------------------------------------------------------- chapters 4–5: findings for the synthesis page
+
+FINDING_FIELDS = ("scenario", "method", "acc", "acc_sd", "forgetting", "intransigence", "train_s_per_task",
+                  "extra_memory", "vs_naive", "n_seeds")
+
+
+def _cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_findings(chapter: str, profile: str, rows: Sequence[Mapping[str, Any]],
+                   directory: str | Path | None = None) -> Path:
+    """Write ``<directory>/<chapter>.<profile>.findings.json``: one row per (scenario, method) with the fields of
+    :data:`FINDING_FIELDS` (accuracies and forgetting in points, training seconds per task, the strategy's extra
+    memory as a text such as '2.0 P', and ``vs_naive``: the paired interval of the method minus fine-tuning).
+    The synthesis page reads these files, so its numbers are the chapters' measured ones."""
+    _check_names(chapter, profile)
+    rows = [dict(r) for r in rows]
+    if not rows:
+        raise ValueError("findings need at least one row (one scenario and method).")
+    for r in rows:
+        missing = [f for f in FINDING_FIELDS if f not in r]
+        if missing:
+            raise ValueError(f"findings row {r.get('method', r)!r}: missing {missing}; the fields are {list(FINDING_FIELDS)}.")
+    path = _records_dir(directory) / f"{chapter}.{profile}.findings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    machine = f"{_cpu_name()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads"
+    path.write_text(json.dumps({"chapter": chapter, "profile": profile, "machine": machine, "rows": rows}, indent=1,
+                               ensure_ascii=False, default=float) + "\n")
+    return path
+
+
+def read_findings(directory: str | Path, chapter: str, profile: str = "full") -> list[dict]:
+    """The rows a chapter's run wrote with :func:`write_findings`, with a clear error when it has not run."""
+    path = Path(directory) / f"{chapter}.{profile}.findings.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no findings at {path}: run the chapter first "
+                                f"(papermill book/{chapter}.ipynb ... --cwd book -p PROFILE {profile}).")
+    return json.loads(path.read_text())["rows"]
+
+
+def findings_machine(directory: str | Path, chapter: str, profile: str = "full") -> str:
+    """The machine a chapter's findings were measured on, as :func:`write_findings` recorded it."""
+    read_findings(directory, chapter, profile)  # the same clear error when the chapter has not run
+    return json.loads((Path(directory) / f"{chapter}.{profile}.findings.json").read_text())["machine"]
+
+
+def glued(notebook: str | Path) -> dict[str, Any]:
+    """The values a committed, executed chapter stored with :func:`glue`, by name (numbers as numbers, text as
+    text), so another page can quote a chapter's measured numbers without retyping them."""
+    import ast
+
+    path = Path(notebook)
+    if not path.exists():
+        raise FileNotFoundError(f"no notebook at {path}; pass the path of an executed chapter such as book/04_selfless.ipynb.")
+    out: dict[str, Any] = {}
+    for cell in json.loads(path.read_text())["cells"]:
+        for o in cell.get("outputs", []):
+            meta = o.get("metadata", {}).get("scrapbook")
+            if not meta:
+                continue
+            text = o["data"].get(meta["mime_prefix"] + "text/plain", "")
+            try:
+                out[meta["name"]] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                out[meta["name"]] = text
+    return out

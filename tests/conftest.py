@@ -48,8 +48,9 @@ def toc_documents() -> list[Path]:
 
 
 def chapter_notebooks() -> list[Path]:
-    """The chapter notebooks listed in ``_toc.yml`` (what papermill and the render test run)."""
-    return [d for d in toc_documents() if d.suffix == ".ipynb"]
+    """The chapter notebooks listed in ``_toc.yml`` (what papermill and the render test run): the numbered ones,
+    ``NN_name.ipynb``; a page such as the synthesis, which only reads the chapters' records, is not a chapter."""
+    return [d for d in toc_documents() if d.suffix == ".ipynb" and d.stem[:2].isdigit()]
 
 
 def book_config() -> dict:
