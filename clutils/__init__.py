@@ -8,7 +8,7 @@ checkpoints) and the per-sample gradient engine ``per_sample``.
 from ._version import __version__
 
 from .book import choose_profile, glue
-from .datasets import Dataset, load_dataset
+from .datasets import Dataset, from_tensors, from_torchvision, load_dataset
 from .streams import Stream, Task, disjoint, make_stream, permuted, split
 from .metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, intransigence, summary
 from .models import CNN, MLP, ContinualModel, check_model
