@@ -25,5 +25,5 @@ from .results import CacheError, RunResult
 from .baselines import count_parameters, memory_cost, separate_models
 from .sweeps import RunFailure, RunSpec, best_value, run_many, run_seeds, sweep, sweep_table
 from . import stats, toy, tuning
-from .training import NonFiniteLossError, TrainConfig, evaluate, resolve_device, seed_everything, train_step, train_tasks
+from .training import NonFiniteLossError, TrainConfig, evaluate, freeze_batchnorm, resolve_device, seed_everything, train_step, train_tasks
 from .runs import FINGERPRINT_VERSION, train_stream
