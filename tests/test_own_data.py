@@ -127,3 +127,57 @@ def test_torchvision_fakedata_is_read_through_its_items():
     assert ds.input_shape == (3, 6, 4) and int(ds.y_train[5]) == int(label)
     torch.testing.assert_close(ds.images()[5] * 255, pil_to_tensor(img).float(), atol=1e-4, rtol=0)
     assert set(ds.y_test.tolist()) <= set(range(3))
+
+
+def _appendix_full_profile() -> dict:
+    import ast
+    import json
+
+    from conftest import BOOK
+
+    nb = json.loads((BOOK / "appendix_own_model.ipynb").read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code" or "FULL = " not in "".join(cell["source"]):
+            continue
+        for node in ast.parse("".join(cell["source"])).body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "FULL":
+                return ast.literal_eval(node.value)
+    raise AssertionError("the appendix has no FULL profile")
+
+
+def test_the_experiment_file_names_the_appendix_full_profile():
+    from clutils.experiments import load_experiment
+    from conftest import ROOT
+
+    P = _appendix_full_profile()
+    exp = load_experiment(ROOT / "experiments" / "own_model_cnn.toml")
+    assert exp.seeds == P["seeds"]
+    assert exp.stream == {"kind": "split", "dataset": P["dataset"], "scenario": "domain", "val_fraction": 0.1}
+    assert exp.model == {"type": "cnn", "channels": P["channels"], "hidden": P["hidden"]}
+    assert exp.train == {"epochs": P["epochs"], "batch_size": P["batch"], "lr": P["lr"], "optimizer": "adam"}
+    assert dict(exp.configs) == {"fine-tuning": [], "EWC": [{"type": "ewc", "lam": P["lam"],
+                                                             "n_samples": P["importance_samples"]}],
+                                 f"replay {P['memory']}": [{"type": "replay", "memory": P["memory"]}]}
+    assert len(exp.runs) == 3 * len(P["seeds"])
+
+
+def test_an_experiment_file_builds_a_cnn_on_the_data_sets_images(tmp_path):
+    from clutils.experiments import ExperimentError, load_experiment, specs
+
+    text = ('seeds = [0]\n[stream]\nkind = "split"\ndataset = "digits"\n[model]\ntype = "cnn"\nchannels = [4]\n'
+            'hidden = 8\n[[config]]\nlabel = "r"\nstrategy = [{ type = "replay", memory = 20 }]\n')
+    (tmp_path / "e.toml").write_text(text)
+    spec = specs(load_experiment(tmp_path / "e.toml"), tmp_path)[0]
+    model = spec.make_model()
+    assert isinstance(model, cl.CNN) and model.input_shape == (1, 8, 8) and model.channels == (4,)
+    assert model.hidden == (8,) and model.n_heads == 5 and isinstance(spec.strategy, cl.Replay)
+    assert spec.strategy.memory == 20
+    (tmp_path / "bad.toml").write_text(text.replace("channels = [4]\n", "").replace("20", "5"))
+    with pytest.raises(ExperimentError, match=r"model.channels.*missing.*channels = \[8, 16\]"):
+        load_experiment(tmp_path / "bad.toml")
+    (tmp_path / "deep.toml").write_text(text.replace("[4]", "[4, 4, 4, 4]"))
+    with pytest.raises(ExperimentError, match="shrink a 8x8 image to nothing"):
+        load_experiment(tmp_path / "deep.toml")
+    (tmp_path / "type.toml").write_text(text.replace('"cnn"', '"rnn"'))
+    with pytest.raises(ExperimentError, match=r"model.type.*\"mlp\".*\"cnn\""):
+        load_experiment(tmp_path / "type.toml")
