@@ -181,3 +181,27 @@ def test_an_experiment_file_builds_a_cnn_on_the_data_sets_images(tmp_path):
     (tmp_path / "type.toml").write_text(text.replace('"cnn"', '"rnn"'))
     with pytest.raises(ExperimentError, match=r"model.type.*\"mlp\".*\"cnn\""):
         load_experiment(tmp_path / "type.toml")
+
+
+@pytest.mark.book
+def test_the_appendix_runs_quick_on_the_digits_and_glues_what_its_committed_run_glues(tmp_path):
+    """CI's run of the appendix: the quick profile (8x8 digits as (1, 8, 8) tensors) trains its nine CNN runs and
+    glues the names the committed full run glues, with accuracies that are percentages above chance."""
+    import nbformat
+    import papermill as pm
+    from conftest import BOOK
+
+    path = BOOK / "appendix_own_model.ipynb"
+    out = tmp_path / path.name
+    pm.execute_notebook(str(path), str(out), parameters={"PROFILE": "quick"}, cwd=str(BOOK), kernel_name="python3",
+                        progress_bar=False)
+
+    def glued(nb):
+        return {o["metadata"]["scrapbook"]["name"]: o["data"] for c in nb.cells if c.cell_type == "code"
+                for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})}
+
+    ran, committed = glued(nbformat.read(out, as_version=4)), glued(nbformat.read(path, as_version=4))
+    assert set(ran) == set(committed) and "app_replay_vs_naive" in ran
+    for key in ("app_naive_acc", "app_ewc_acc", "app_replay_acc"):
+        assert 50 < float(ran[key]["text/plain"]) <= 100  # two outputs per task: chance is 50 %
+    assert int(ran["app_n_params"]["text/plain"]) == 4274  # CNN((1, 8, 8), (8,), 32, 2): 80 + 4128 + 66
