@@ -203,5 +203,5 @@ def test_the_appendix_runs_quick_on_the_digits_and_glues_what_its_committed_run_
     ran, committed = glued(nbformat.read(out, as_version=4)), glued(nbformat.read(path, as_version=4))
     assert set(ran) == set(committed) and "app_replay_vs_naive" in ran
     for key in ("app_naive_acc", "app_ewc_acc", "app_replay_acc"):
-        assert 50 < float(ran[key]["text/plain"]) <= 100  # two outputs per task: chance is 50 %
-    assert int(ran["app_n_params"]["text/plain"]) == 4274  # CNN((1, 8, 8), (8,), 32, 2): 80 + 4128 + 66
+        assert 50 < float(ran[key]["application/papermill.record/text/plain"]) <= 100  # two outputs per task: chance is 50 %
+    assert int(ran["app_n_params"]["application/papermill.record/text/plain"]) == 4274  # CNN((1, 8, 8), (8,), 32, 2): 80 + 4128 + 66
