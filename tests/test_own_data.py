@@ -145,6 +145,17 @@ def _appendix_full_profile() -> dict:
     raise AssertionError("the appendix has no FULL profile")
 
 
+def _appendix_glue() -> dict:
+    import json
+
+    from conftest import BOOK
+
+    nb = json.loads((BOOK / "appendix_own_model.ipynb").read_text())
+    return {o["metadata"]["scrapbook"]["name"]: o["data"]["application/papermill.record/text/plain"]
+            for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+            if "scrapbook" in o.get("metadata", {})}
+
+
 def test_the_experiment_file_names_the_appendix_full_profile():
     from clutils.experiments import load_experiment
     from conftest import ROOT
@@ -155,7 +166,10 @@ def test_the_experiment_file_names_the_appendix_full_profile():
     assert exp.stream == {"kind": "split", "dataset": P["dataset"], "scenario": "domain", "val_fraction": 0.1}
     assert exp.model == {"type": "cnn", "channels": P["channels"], "hidden": P["hidden"]}
     assert exp.train == {"epochs": P["epochs"], "batch_size": P["batch"], "lr": P["lr"], "optimizer": "adam"}
-    assert dict(exp.configs) == {"fine-tuning": [], "EWC": [{"type": "ewc", "lam": P["lam"],
+    chosen = float(_appendix_glue()["app_ewc_lam"].strip("'"))  # the strength the appendix chose, printed to 6 digits
+    lam = dict(exp.configs)["EWC"][0]["lam"]
+    assert abs(lam - chosen) <= 1e-5 * chosen
+    assert dict(exp.configs) == {"fine-tuning": [], "EWC": [{"type": "ewc", "lam": lam,
                                                              "n_samples": P["importance_samples"]}],
                                  f"replay {P['memory']}": [{"type": "replay", "memory": P["memory"]}]}
     assert len(exp.runs) == 3 * len(P["seeds"])
