@@ -8,7 +8,7 @@ checkpoints) and the per-sample gradient engine ``per_sample``.
 from ._version import __version__
 
 from .book import choose_profile, glue
-from .datasets import Dataset, load_dataset
+from .datasets import Dataset, from_tensors, from_torchvision, load_dataset
 from .streams import Stream, Task, disjoint, make_stream, permuted, split
 from .metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, intransigence, summary
 from .models import CNN, MLP, ContinualModel, check_model
@@ -25,5 +25,5 @@ from .results import CacheError, RunResult
 from .baselines import count_parameters, memory_cost, separate_models
 from .sweeps import RunFailure, RunSpec, best_value, run_many, run_seeds, sweep, sweep_table
 from . import stats, toy, tuning
-from .training import NonFiniteLossError, TrainConfig, evaluate, resolve_device, seed_everything, train_step, train_tasks
+from .training import NonFiniteLossError, TrainConfig, evaluate, freeze_batchnorm, resolve_device, seed_everything, train_step, train_tasks
 from .runs import FINGERPRINT_VERSION, train_stream

@@ -12,7 +12,8 @@ strategy configurations and an optional grid::
     n_tasks = 5
 
     [model]                       # clutils.MLP(stream.n_features, hidden, stream.n_outputs, n_heads=...)
-    hidden = [64, 64]
+    hidden = [64, 64]             # or type = "cnn", channels = [8, 16], hidden = 64: clutils.CNN on the
+                                  # data set's images, (1, 28, 28) for MNIST and Fashion-MNIST, (1, 8, 8) digits
 
     [train]                       # clutils.TrainConfig(**train, seed=<each seed>)
     epochs = 10
@@ -56,7 +57,7 @@ __all__ = ["load_experiment", "Experiment", "ExperimentError", "Run", "STRATEGY_
 
 # strategy "type" in an experiment file -> the clutils class (top-level name)
 STRATEGY_TYPES = {"naive": "Naive", "joint": "Joint", "freeze": "FreezeFeatures", "ewc": "EWC", "mas": "MAS",
-                  "si": "SI", "l2": "L2", "ssl": "SSL"}
+                  "si": "SI", "l2": "L2", "ssl": "SSL", "replay": "Replay"}
 TOP_KEYS = ("description", "seeds", "device", "stream", "model", "train", "config", "grid")
 STREAM_COMMON = ("kind", "dataset", "scenario", "root", "val_fraction", "val_seed")
 
@@ -207,14 +208,25 @@ def build_strategy(parts: list[dict]):
     return objs[0] if len(objs) == 1 else clutils.Compose(*objs)
 
 
+MODEL_TYPES = ("mlp", "cnn")
+
+
+def _image_shape(dataset: str) -> tuple[int, int, int]:
+    """One image of a named data set as (C, H, W)."""
+    return (1, 8, 8) if dataset == "digits" else (1, 28, 28)
+
+
 def _build_model(stream: dict, model: dict):
-    """The MLP for a stream recipe (the stream is built once per process, see clutils.sweeps)."""
-    from .models import MLP
+    """The MLP or CNN for a stream recipe (the stream is built once per process, see clutils.sweeps)."""
+    from .models import CNN, MLP
     from .sweeps import _resolve_stream
 
     s = _resolve_stream(stream)
-    return MLP(s.n_features, [int(h) for h in model["hidden"]], s.n_outputs, n_heads=s.n_heads,
-               **{k: v for k, v in model.items() if k != "hidden"})
+    settings = {k: v for k, v in model.items() if k not in ("type", "hidden", "channels")}
+    if model.get("type", "mlp") == "cnn":
+        return CNN(_image_shape(stream["dataset"]), [int(c) for c in model["channels"]], int(model["hidden"]),
+                   s.n_outputs, n_heads=s.n_heads, **settings)
+    return MLP(s.n_features, [int(h) for h in model["hidden"]], s.n_outputs, n_heads=s.n_heads, **settings)
 
 
 def _set(cfg: dict, dotted: str, value: Any) -> None:
@@ -287,12 +299,20 @@ def load_experiment(path: str | Path) -> Experiment:
 
     # model
     model = dict(check.table(doc, "model", required=True))
-    mparams = _settings(MLP, skip=("in_features", "out_features", "n_heads"))
+    mtype = model.get("type", "mlp")
+    if mtype not in MODEL_TYPES:
+        raise check.fail("model.type", f"must be \"mlp\" (clutils.MLP, the default) or \"cnn\" (clutils.CNN), "
+                                       f"got {mtype!r}.")
+    from .models import CNN
+
+    mparams = _settings(CNN if mtype == "cnn" else MLP, skip=("in_features", "input_shape", "out_features", "n_heads"))
+    mparams["type"] = inspect.Parameter("type", inspect.Parameter.KEYWORD_ONLY, annotation=str)
     check.keys("model", model, mparams, " (inputs, outputs and heads come from the stream)")
     check.types("model", model, mparams)
     if "hidden" not in model:
-        raise check.fail("model.hidden", "missing; give the hidden layer widths, e.g. hidden = [100, 100].")
-    _check_hidden(check, model["hidden"])
+        raise check.fail("model.hidden", "missing; give the hidden layer widths, e.g. hidden = [100, 100]"
+                                         + (" (for a CNN one width: hidden = 64)." if mtype == "cnn" else "."))
+    _check_model(check, model, stream["dataset"])
 
     # train
     train = dict(check.table(doc, "train"))
@@ -362,6 +382,21 @@ def load_experiment(path: str | Path) -> Experiment:
     exp.runs = _expand(exp)
     _check_runs(check, exp)
     return exp
+
+
+def _check_model(check: _Checker, model: dict, dataset: str) -> None:
+    if model.get("type", "mlp") != "cnn":
+        _check_hidden(check, model["hidden"])
+        return
+    from .models import CNN
+
+    if "channels" not in model:
+        raise check.fail("model.channels", "missing; a CNN needs its convolutions' channels, e.g. channels = [8, 16].")
+    try:
+        CNN(_image_shape(dataset), model["channels"], model["hidden"], 2,
+            **{k: v for k, v in model.items() if k not in ("type", "channels", "hidden")})
+    except (TypeError, ValueError) as err:
+        raise check.fail("model", f"{err}") from None
 
 
 def _check_hidden(check: _Checker, hidden: Any) -> None:
@@ -438,7 +473,7 @@ def _check_runs(check: _Checker, exp: Experiment) -> None:
                 cfg.validate(built[skey] or 1)
         except (TypeError, ValueError) as err:
             raise check.fail(f"train ({where})", str(err)) from None
-        _check_hidden(check, r.model["hidden"])
+        _check_model(check, r.model, r.stream["dataset"])
         for j, p in enumerate(r.strategy):
             try:
                 build_strategy([p])

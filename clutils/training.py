@@ -27,7 +27,7 @@ from .streams import Stream, Task
 from .strategies import Strategy
 
 __all__ = ["TrainConfig", "TaskRecord", "resolve_device", "seed_everything", "evaluate", "train_step", "train_tasks",
-           "NonFiniteLossError"]
+           "NonFiniteLossError", "freeze_batchnorm"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,6 +54,11 @@ class TrainConfig:
     # True: skip an epoch's last batch when it is smaller than batch_size (a batch of one image takes a full
     # step on one image's gradient: chapter 3 measures one that costs a task 20 points). False: train on it.
     drop_last: bool = False
+    # BatchNorm's running mean and variance are buffers every training batch updates, with no penalty: they
+    # drift to the last task's inputs.  "track": PyTorch's behaviour (they drift).  "freeze": the usual remedy,
+    # they are frozen after the first task (the BatchNorm layers run in eval mode from task 2 on; their scale
+    # and shift still train), so every task is normalised with the first task's statistics.
+    batchnorm: str = "track"
 
     def epochs_for(self, t: int) -> int:
         if _is_int(self.epochs):
@@ -90,6 +95,9 @@ class TrainConfig:
         if self.optimizer == "adam" and self.momentum:
             raise ValueError(f"optimizer='adam' has no momentum setting (got momentum={self.momentum}); set "
                              f"momentum=0 (Adam's betas play that role) or use optimizer='sgd'.")
+        if self.batchnorm not in ("track", "freeze"):
+            raise ValueError(f"batchnorm must be 'track' (running statistics follow every task: they drift) or "
+                             f"'freeze' (frozen after the first task), got {self.batchnorm!r}.")
         for flag in ("eval_every_epoch", "flush_denormal", "drop_last"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
@@ -212,8 +220,10 @@ def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: Train
     opt = _make_optimizer(cfg, params) if params else None
     n_active, n = stream.active_outputs(t), len(y)
     best_acc, best_state = -1.0, None
-    model.train()
     for epoch in range(cfg.epochs_for(t)):
+        model.train()  # each epoch: an evaluation in the last one restored train mode on every layer
+        if cfg.batchnorm == "freeze" and t > 0:
+            freeze_batchnorm(model)
         order = torch.randperm(n, generator=seeds.generator(seeds.batch_order_seed(cfg.seed, t, epoch))).to(dev)
         loss_sum = torch.zeros((), device=dev)
         stop = (n - n % cfg.batch_size if cfg.drop_last and n >= cfg.batch_size else n) if opt is not None else 0
@@ -238,6 +248,18 @@ def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: Train
     if best_state is not None:
         model.load_state_dict(best_state[0])
         strategy.load_state_dict(best_state[1])
+
+
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Put every BatchNorm layer of ``model`` in eval mode: it normalises with its running statistics and
+    stops updating them (its affine scale and shift still train).  Returns how many layers it froze.
+    ``TrainConfig(batchnorm="freeze")`` calls it before every task after the first."""
+    frozen = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            frozen += 1
+    return frozen
 
 
 def _snapshot(module: nn.Module) -> dict:

@@ -113,3 +113,43 @@ def test_batchnorm_running_statistics_drift_to_the_last_task():
         if t == 1:
             assert (rm - task_means[0]).abs().max() > 0.75 * gap
             break
+
+
+def _bn_model_on_digits():
+    stream = cl.make_stream("split", "digits", scenario="domain")
+    torch.manual_seed(0)
+    model = Normed()
+    model.body[0], model.in_features = nn.Linear(64, 5), 64
+    model.heads[0], model.out_features = nn.Linear(5, 2), 2
+    model.body[0].requires_grad_(False)
+    return stream, model
+
+
+def test_batchnorm_freeze_keeps_the_first_tasks_statistics_and_trains_the_scale():
+    """The remedy: with batchnorm="freeze" the running mean and variance after tasks 2 and 3 are, bit for bit,
+    those after task 1 (no batch counted), while BatchNorm's scale and shift still move; with "track" they
+    follow task 2 (the drift test above)."""
+    stream, model = _bn_model_on_digits()
+    cfg = cl.TrainConfig(epochs=2, batch_size=32, batchnorm="freeze", eval_every_epoch=True)  # evaluations too
+    bn = model.body[1]
+    after = []
+    for t, rec in enumerate(cl.training.train_tasks(model, stream, cl.Naive(), cfg, progress=False)):
+        after.append((bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked),
+                      bn.weight.detach().clone()))
+        if t == 2:
+            break
+    n_batches = 2 * -(-stream[0].n_train // 32)
+    assert after[0][2] == n_batches and after[1][2] == after[2][2] == n_batches
+    for t in (1, 2):
+        assert torch.equal(after[t][0], after[0][0]) and torch.equal(after[t][1], after[0][1])
+        assert not torch.equal(after[t][3], after[t - 1][3])  # the affine weights trained on task t
+    with torch.no_grad():
+        task1_mean = model.body[0](stream[1].x_train).mean(0)
+    assert (after[0][0] - task1_mean).abs().max() > 0.05  # frozen at task 0's, not task 1's
+    assert cl.freeze_batchnorm(cl.MLP(4, (3,), 2)) == 0 and cl.freeze_batchnorm(model) == 1 and not bn.training
+
+
+def test_batchnorm_setting_is_checked_and_fingerprinted():
+    with pytest.raises(ValueError, match="batchnorm must be 'track'.*or 'freeze'"):
+        cl.TrainConfig(batchnorm="frozen").validate(2)
+    assert cl.TrainConfig().to_dict() == {} and cl.TrainConfig(batchnorm="freeze").to_dict() == {"batchnorm": "freeze"}

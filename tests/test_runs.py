@@ -26,7 +26,7 @@ def _dataset(name="mine", seed=0, n=120, d=16, classes=4) -> cl.Dataset:
     y = torch.arange(n) % classes
     xt = torch.rand(n // 2, d, generator=g)
     yt = torch.arange(n // 2) % classes
-    return cl.Dataset(name, x, y, xt, yt, (4, 4))
+    return cl.Dataset(name, x, y, xt, yt, (1, d))
 
 
 def _run(stream, cache, strategy=None, model=None, seed=0, **kw):
