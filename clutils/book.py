@@ -162,6 +162,22 @@ def write_status_page(book_dir: str | Path = "book") -> Path:
 
 # ----------------------------------------------------------------------------- protocols
 
+
+def _checked_rows(rows: Sequence[Mapping[str, Any]], fields: Sequence[str], what: str, key: str, one: str,
+                  strict: bool = False) -> list[dict]:
+    """``rows`` as dicts, each holding every one of ``fields`` (and, if ``strict``, nothing else); else a clear error."""
+    rows = [dict(r) for r in rows]
+    if not rows:
+        raise ValueError(f"{what}: at least one row is needed ({one}).")
+    for r in rows:
+        missing = [f for f in fields if f not in r]
+        extra = [f for f in r if f not in fields] if strict else []
+        if missing or extra:
+            raise ValueError(f"{what} row {r.get(key, r)!r}: " + "; ".join(
+                x for x in (f"missing {missing}" if missing else "", f"unknown {extra}" if extra else "") if x)
+                + f". The fields are {list(fields)}" + (" (use '' for one that does not apply)." if strict else "."))
+    return rows
+
 def protocol(chapter: str, profile: str, rows: Sequence[Mapping[str, Any]], directory: str | Path | None = None):
     """A chapter's protocol table: one row per experiment, the fields of :data:`PROTOCOL_FIELDS` (network,
     optimiser, learning rate in the optimiser field, batch, epochs, importance samples, how the strength
@@ -171,16 +187,8 @@ def protocol(chapter: str, profile: str, rows: Sequence[Mapping[str, Any]], dire
     import pandas as pd
 
     _check_names(chapter, profile)
-    rows = [dict(r) for r in rows]
-    if not rows:
-        raise ValueError("a protocol needs at least one row (one experiment)")
+    rows = _checked_rows(rows, PROTOCOL_FIELDS, "protocol", "experiment", "one experiment", strict=True)
     for r in rows:
-        missing = [f for f in PROTOCOL_FIELDS if f not in r]
-        extra = [f for f in r if f not in PROTOCOL_FIELDS]
-        if missing or extra:
-            raise ValueError(f"protocol row {r.get('experiment', r)!r}: " + "; ".join(
-                x for x in (f"missing {missing}" if missing else "", f"unknown {extra}" if extra else "") if x)
-                + f". The fields are {list(PROTOCOL_FIELDS)} (use '' for one that does not apply).")
         for f in PROTOCOL_FIELDS:
             r[f] = str(r[f])
     path = _records_dir(directory) / f"{chapter}.{profile}.protocol.json"
@@ -312,13 +320,7 @@ def write_findings(chapter: str, profile: str, rows: Sequence[Mapping[str, Any]]
     memory as a text such as '2.0 P', and ``vs_naive``: the paired interval of the method minus fine-tuning).
     The synthesis page reads these files, so its numbers are the chapters' measured ones."""
     _check_names(chapter, profile)
-    rows = [dict(r) for r in rows]
-    if not rows:
-        raise ValueError("findings need at least one row (one scenario and method).")
-    for r in rows:
-        missing = [f for f in FINDING_FIELDS if f not in r]
-        if missing:
-            raise ValueError(f"findings row {r.get('method', r)!r}: missing {missing}; the fields are {list(FINDING_FIELDS)}.")
+    rows = _checked_rows(rows, FINDING_FIELDS, "findings", "method", "one scenario and method")
     path = _records_dir(directory) / f"{chapter}.{profile}.findings.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     import torch

@@ -97,12 +97,7 @@ def test_batchnorm_running_statistics_drift_to_the_last_task():
     The linear layer before the BatchNorm is frozen, so its outputs on each task have a fixed mean; the running
     mean, an exponential average (momentum 0.1) over the batches, ends within a few hundredths of the
     last task's and far from the first's."""
-    stream = cl.make_stream("split", "digits", scenario="domain")
-    torch.manual_seed(0)
-    model = Normed()
-    model.body[0], model.in_features = nn.Linear(64, 5), 64
-    model.heads[0], model.out_features = nn.Linear(5, 2), 2
-    model.body[0].requires_grad_(False)
+    stream, model = _bn_model_on_digits()
     cfg = cl.TrainConfig(epochs=3, batch_size=32)
     with torch.no_grad():
         task_means = [model.body[0](stream[t].x_train).mean(0) for t in (0, 1)]
