@@ -2,6 +2,8 @@
 the run records behind the book's status page, and reading a tagged cell out of a notebook."""
 from __future__ import annotations
 
+import math
+
 import datetime as _dt
 import json
 import os
@@ -36,10 +38,14 @@ def glue(name: str, value: Any, display: bool = False) -> None:
 
     Uses MyST-NB's ``glue`` when it is installed (building the book); elsewhere (Colab) it
     just prints the value when ``display`` is true.  NumPy and PyTorch scalars are stored as
-    plain Python numbers, so ``{glue:text}`name:.1f``` can format them.
+    plain Python numbers, so ``{glue:text}`name:.1f``` can format them. Floats are stored to 12
+    significant digits: the last bits of a float differ between CPUs (5.000000000000001 on one,
+    4.999999999999998 on another), and a checked output should not.
     """
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
         value = value.item()
+    if type(value) is float and math.isfinite(value):
+        value = float(f"{value:.12g}")
     try:
         from myst_nb import glue as _glue
     except ImportError:  # pragma: no cover - only without the book extras

@@ -105,7 +105,7 @@ def bracket(score: Callable[[float], float | None], grid: Sequence[float], *, fa
             if max(d / best, best / d) > math.sqrt(factor) * 1.01 and m not in scores:
                 evaluate(m)
                 continue
-            bound = f"diverged at {d:g}"
+            bound = f"diverged at {d:.3g}"
             break
         nxt = best * factor if up else best / factor
         if lower is not None and nxt < lower:

@@ -1,4 +1,6 @@
 """The chapters' shared helpers: profile choice and glue."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,19 @@ def test_glue_stores_numpy_and_torch_scalars_as_python_numbers(monkeypatch):
     assert type(stored["a"]) is float and stored["a"] == 93.25
     assert type(stored["b"]) is int and stored["b"] == 7
     assert isinstance(stored["c"], np.ndarray)  # arrays are left alone
+
+
+def test_glue_rounds_floats_to_12_significant_digits_so_cpus_agree(monkeypatch):
+    import myst_nb
+
+    stored = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=False: stored.__setitem__(name, value))
+    for name, v in [("up", 4.999999999999998), ("down", 5.000000000000001), ("small", 1.234567890123456e-7),
+                    ("nan", float("nan"))]:
+        clutils.glue(name, v)
+    assert stored["up"] == stored["down"] == 5.0  # the last-bit noise of two CPUs glues one value
+    assert stored["small"] == 1.23456789012e-7    # significant digits, not decimals
+    assert math.isnan(stored["nan"])
 
 
 def test_prefixed_glue_prefixes_every_name(monkeypatch):
