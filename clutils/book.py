@@ -2,10 +2,9 @@
 the run records behind the book's status page, and reading a tagged cell out of a notebook."""
 from __future__ import annotations
 
-import math
-
 import datetime as _dt
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -183,6 +182,7 @@ def _checked_rows(rows: Sequence[Mapping[str, Any]], fields: Sequence[str], what
                 x for x in (f"missing {missing}" if missing else "", f"unknown {extra}" if extra else "") if x)
                 + f". The fields are {list(fields)}" + (" (use '' for one that does not apply)." if strict else "."))
     return rows
+
 
 def protocol(chapter: str, profile: str, rows: Sequence[Mapping[str, Any]], directory: str | Path | None = None):
     """A chapter's protocol table: one row per experiment, the fields of :data:`PROTOCOL_FIELDS` (network,

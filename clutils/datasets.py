@@ -22,9 +22,10 @@ from torch import Tensor
 
 from ._checks import check_name, resolve_device
 
-__all__ = ["DATASETS", "ENV_VAR", "Dataset", "clear_cache", "data_root", "from_tensors", "from_torchvision",
+__all__ = ["DATASETS", "ENV_VAR", "IMAGE_SHAPES", "Dataset", "clear_cache", "data_root", "from_tensors", "from_torchvision",
            "load_dataset", "padded"]
 DATASETS = ("mnist", "fashion_mnist", "digits")
+IMAGE_SHAPES = {"mnist": (28, 28), "fashion_mnist": (28, 28), "digits": (8, 8)}  # one image of each, (H, W)
 ENV_VAR = "CLUTILS_DATA"
 
 
@@ -137,7 +138,7 @@ def _load_cpu(name: str, root: str) -> Dataset:
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
         n_test = len(y) // 4
         te, tr = perm[:n_test], perm[n_test:]
-        return Dataset("digits", x[tr], y[tr], x[te], y[te], (8, 8))
+        return Dataset("digits", x[tr], y[tr], x[te], y[te], IMAGE_SHAPES["digits"])
 
     import torchvision
 
@@ -163,7 +164,7 @@ def _load_cpu(name: str, root: str) -> Dataset:
             _check_idx_files(raw, [Path(url).name.removesuffix(".gz") for url, _ in cls.resources])
         x = ds.data.reshape(len(ds.data), -1).to(torch.float32) / 255.0
         parts += [x, ds.targets.to(torch.int64)]
-    return Dataset(name, *parts, image_shape=(28, 28))
+    return Dataset(name, *parts, image_shape=IMAGE_SHAPES[name])
 
 
 def _check_idx_files(folder: Path, names: Sequence[str]) -> None:

@@ -212,8 +212,10 @@ MODEL_TYPES = ("mlp", "cnn")
 
 
 def _image_shape(dataset: str) -> tuple[int, int, int]:
-    """One image of a named data set as (C, H, W)."""
-    return (1, 8, 8) if dataset == "digits" else (1, 28, 28)
+    """One image of a named data set as (C, H, W), without loading it."""
+    from .datasets import IMAGE_SHAPES
+
+    return (1, *IMAGE_SHAPES[dataset])
 
 
 def _build_model(stream: dict, model: dict):
