@@ -22,8 +22,8 @@ from torch import Tensor
 
 from ._checks import check_name, resolve_device
 
-__all__ = ["DATASETS", "ENV_VAR", "IMAGE_SHAPES", "Dataset", "clear_cache", "data_root", "from_tensors", "from_torchvision",
-           "load_dataset", "padded"]
+__all__ = ["DATASETS", "ENV_VAR", "IMAGE_SHAPES", "Dataset", "clear_cache", "data_root", "from_tensors",
+           "from_torchvision", "load_dataset", "padded"]
 DATASETS = ("mnist", "fashion_mnist", "digits")
 IMAGE_SHAPES = {"mnist": (28, 28), "fashion_mnist": (28, 28), "digits": (8, 8)}  # one image of each, (H, W)
 ENV_VAR = "CLUTILS_DATA"
