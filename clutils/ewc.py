@@ -25,7 +25,7 @@ from .per_sample import (active, batch_grad_sums, check_choice, check_inputs, ev
 
 __all__ = ["FISHER_KINDS", "fisher_diagonal", "EWC"]
 
-FISHER_KINDS = ("true", "sampled", "empirical", "batched")
+FISHER_KINDS = ("true", "sampled", "empirical", "batched", "predicted")
 
 
 def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kind: str = "true", head: int = 0,
@@ -43,6 +43,9 @@ def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kin
       uniforms are drawn on the CPU, so a seed gives the same labels on every device
       and for every ``chunk_size``; ``None`` draws from PyTorch's global generator);
     * ``"empirical"``  the same with the true labels ``y``;
+    * ``"predicted"``  the same with the model's most probable label :math:`\arg\max_c p(c|x_n)` (the
+      estimator of Hsu et al.'s code, GT-RIPL/Continual-Learning-Benchmark; it equals the true Fisher
+      only where the model is certain, and leaves out every other class's term);
     * ``"batched"``    the square of the gradient :math:`\bar g_b=\frac1{B_b}\sum_{n\in b}g_n` of the
       *mean* cross-entropy of each mini-batch ``b`` of ``batch_size`` true-labelled
       samples, averaged over the batches (weighted by their sizes :math:`B_b`):
@@ -58,7 +61,8 @@ def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kin
       empirical Fisher.
 
     What the exact kinds compute, written as a loop over samples (``params`` the model's
-    parameters, ``y_n`` the true label for ``"empirical"``, a draw from ``p`` for ``"sampled"``)::
+    parameters, ``y_n`` the true label for ``"empirical"``, a draw from ``p`` for ``"sampled"``, the
+    arg-max of ``p`` for ``"predicted"``)::
 
         F = [zeros_like(p) for p in params]
         for x_n, y_n in zip(x, y):
@@ -72,7 +76,7 @@ def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kin
                 F = [f + gi ** 2 for f, gi in zip(F, g)]
         F = [f / N for f in F]
 
-    The first three are computed that exactly but without the loop (:mod:`clutils.per_sample`;
+    All but ``"batched"`` are computed that exactly but without the loop (:mod:`clutils.per_sample`;
     ``method`` picks ``"linear"``, ``"func"`` or ``"auto"``), ``chunk_size`` samples per pass.
     Returns a dict keyed like ``model.named_parameters()``; parameters that do not reach head
     ``head`` (other tasks' heads) get zeros.
@@ -106,6 +110,8 @@ def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor | None = None, *, kin
                     cdf = p.cumsum(1)
                     lab = torch.searchsorted(cdf, u[sl].to(p.device).unsqueeze(1)).squeeze(1)
                     lab = lab.clamp_(max=p.shape[1] - 1)
+                elif kind == "predicted":
+                    lab = p.argmax(1)
                 else:
                     lab = y[sl].to(p.device)
                 return (p - F.one_hot(lab, p.shape[1]).to(p.dtype)).to(out.dtype).unsqueeze(0)  # d CE / d logits
@@ -121,7 +127,7 @@ class EWC(Consolidation):
 
     Args:
         lam: :math:`\lambda`.
-        fisher: ``"true"``, ``"sampled"``, ``"empirical"`` or ``"batched"``.
+        fisher: ``"true"``, ``"sampled"``, ``"empirical"``, ``"batched"`` or ``"predicted"`` (the arg-max label).
         mode, gamma: ``"separate"``, or ``"online"`` with decay :math:`\gamma` (online EWC).
         n_samples: compute the Fisher on a seeded subsample of the task's training inputs.
         batch_size: the mini-batch size of the ``"batched"`` estimator (a statistic: it changes the result).

@@ -340,6 +340,10 @@ def _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_d
     state = ckpt.load() if ckpt is not None else None
     if state is not None:
         _check_state(state, model, strategy, len(stream), ckpt.path)
+        if cfg.keep_optimizer and not isinstance(state.get("optimizer"), dict):
+            raise CheckpointError(f"{ckpt.path} holds no optimiser state, but the run keeps one optimiser across "
+                                  f"tasks (keep_optimizer=True): resuming without it would restart Adam's moments. "
+                                  f"Delete {ckpt.path} to start this run afresh.")
         model.load_state_dict(state["model"])
         strategy.load_state_dict(state["strategy"])
         strategy.to(dev)
@@ -356,7 +360,8 @@ def _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_d
             torch.set_rng_state(state["torch_rng"])
             if dev.type == "cuda" and state.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(state["cuda_rng"], dev)
-        for rec in train_tasks(model, stream, strategy, cfg, start=len(acc), progress=progress):
+        for rec in train_tasks(model, stream, strategy, cfg, start=len(acc), progress=progress,
+                               optimizer_state=state.get("optimizer") if state is not None else None):
             acc.append(rec.acc)
             if rec.val_acc is not None:
                 val_acc.append(rec.val_acc)
@@ -367,7 +372,7 @@ def _run(model, stream, strategy, cfg, dev, config, key, checkpoint_dir, cache_d
                 ckpt.save({"task": rec.task, "model": model.state_dict(), "strategy": strategy.state_dict(),
                            "requires_grad": [p.requires_grad for p in model.parameters()],
                            "acc": acc, "val_acc": val_acc, "curves": curves, "timings": timings,
-                           "torch_rng": torch.get_rng_state(),
+                           "optimizer": rec.optimizer_state, "torch_rng": torch.get_rng_state(),
                            "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None})
             if stop_after_task is not None and stop_after_task <= rec.task < T - 1:
                 break

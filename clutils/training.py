@@ -59,6 +59,11 @@ class TrainConfig:
     # they are frozen after the first task (the BatchNorm layers run in eval mode from task 2 on; their scale
     # and shift still train), so every task is normalised with the first task's statistics.
     batchnorm: str = "track"
+    # False: a fresh optimiser for every task, over the parameters that task trains.  True: one optimiser for the
+    # whole stream, built before the first task over every trainable parameter, so Adam's moment estimates (or
+    # SGD's momentum) carry from one task into the next, as in Hsu et al.'s code; heads a task does not use get
+    # no gradient and so no step.  A checkpoint then holds the optimiser's state too.
+    keep_optimizer: bool = False
 
     def epochs_for(self, t: int) -> int:
         if _is_int(self.epochs):
@@ -98,7 +103,7 @@ class TrainConfig:
         if self.batchnorm not in ("track", "freeze"):
             raise ValueError(f"batchnorm must be 'track' (running statistics follow every task: they drift) or "
                              f"'freeze' (frozen after the first task), got {self.batchnorm!r}.")
-        for flag in ("eval_every_epoch", "flush_denormal", "drop_last"):
+        for flag in ("eval_every_epoch", "flush_denormal", "drop_last", "keep_optimizer"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
 
@@ -213,11 +218,12 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, strategy: Strategy,
 
 
 def _train_task(model: nn.Module, stream: Stream, strategy: Strategy, cfg: TrainConfig, t: int,
-                dev: torch.device, curves: list, bar) -> None:
+                dev: torch.device, curves: list, bar, kept: torch.optim.Optimizer | None = None) -> None:
+    """Train task ``t``; ``kept``: the stream's one optimiser (``cfg.keep_optimizer``), else a fresh one."""
     x, y, heads = strategy.train_data(stream, t)
     strategy.before_task(model, stream, t)
     params = _trainable(model, heads, strategy.extra_heads())
-    opt = _make_optimizer(cfg, params) if params else None
+    opt = (kept if kept is not None else _make_optimizer(cfg, params)) if params else None
     n_active, n = stream.active_outputs(t), len(y)
     best_acc, best_state = -1.0, None
     for epoch in range(cfg.epochs_for(t)):
@@ -300,6 +306,7 @@ class TaskRecord:
     train_s: float = 0.0
     importance_s: float = 0.0
     eval_s: float = 0.0
+    optimizer_state: dict | None = None  # the kept optimiser's state after the task (cfg.keep_optimizer), for checkpoints
 
 
 def _timed(fn, dev: torch.device) -> float:
@@ -311,19 +318,31 @@ def _timed(fn, dev: torch.device) -> float:
 
 
 def train_tasks(model: nn.Module, stream: Stream, strategy: Strategy, cfg: TrainConfig, *, start: int = 0,
-                progress: bool = True) -> Iterator[TaskRecord]:
+                progress: bool = True, optimizer_state: dict | None = None) -> Iterator[TaskRecord]:
     """Train tasks ``start, ..., T-1`` of ``stream`` in turn, yielding a :class:`TaskRecord` after each.
 
+    With ``cfg.keep_optimizer`` one optimiser trains every task; ``optimizer_state`` (a resumed run's, from
+    the record of task ``start - 1``) restores its state.
     The model, the stream and the strategy must already be on one device (:func:`~clutils.runs.train_stream`
     checks the inputs, moves them and handles the cache and checkpoints; call this directly only
     when you want the bare loop)."""
     dev = next(model.parameters()).device
+    kept = None
+    if cfg.keep_optimizer:
+        kept = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        if optimizer_state is not None:
+            kept.load_state_dict(optimizer_state)
+    elif optimizer_state is not None:
+        raise ValueError("optimizer_state is only used with TrainConfig(keep_optimizer=True): each task builds a "
+                         "fresh optimiser otherwise.")
     bar = _progress(sum(cfg.epochs_for(t) for t in range(start, len(stream))), f"{strategy.name} on {stream.name}",
                     progress)
     try:
         for t in range(start, len(stream)):
             rec = TaskRecord(t, [], None)
-            rec.train_s = _timed(lambda: _train_task(model, stream, strategy, cfg, t, dev, rec.curves, bar), dev)
+            rec.train_s = _timed(lambda: _train_task(model, stream, strategy, cfg, t, dev, rec.curves, bar, kept), dev)
+            if kept is not None:
+                rec.optimizer_state = kept.state_dict()
             rec.importance_s = _timed(lambda: strategy.after_task(model, stream, t), dev)
             rec.eval_s = _timed(lambda: rec.acc.extend(evaluate(model, stream, t, cfg.eval_batch_size)), dev)
             if stream.has_val:  # the validation matrix, beside the test one
